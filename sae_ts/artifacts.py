@@ -1,0 +1,104 @@
+"""Artefacts: safetensors files with a JSON provenance record, written atomically.
+
+Every artefact sae-ts writes is a pair ``NAME.safetensors`` + ``NAME.json``. The JSON record holds
+what made the tensors (model, hook, SAE, scale, seed, config) and the package versions. Nothing is
+ever loaded with pickle. Writes go to a temporary file that is renamed into place, so a killed job
+never leaves a half-written artefact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+__all__ = ["ArtifactError", "load_artifact", "save_artifact", "versions", "write_json_atomic"]
+
+FORMAT_VERSION = 1
+
+
+class ArtifactError(ValueError):
+    """An artefact is missing, corrupt, or does not belong where it is being loaded."""
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages whose behaviour determines sae-ts's numbers."""
+    out = {"python": platform.python_version()}
+    for pkg in ("sae-ts", "torch", "transformer-lens", "sae-lens", "transformers"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _paths(path: str | Path) -> tuple[Path, Path]:
+    p = Path(path)
+    stem = p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
+    return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to ``path`` through a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True, default=str)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_artifact(
+    path: str | Path, tensors: dict[str, torch.Tensor], record: dict[str, Any]
+) -> Path:
+    """Save ``tensors`` as safetensors and ``record`` (plus versions) as JSON; return the stem."""
+    st_path, json_path = _paths(path)
+    st_path.parent.mkdir(parents=True, exist_ok=True)
+    clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    full = {"format_version": FORMAT_VERSION, "versions": versions(), **record}
+    fd, tmp = tempfile.mkstemp(dir=st_path.parent, prefix=f".{st_path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(clean, tmp, metadata={"sae_ts_kind": str(record.get("kind", ""))})
+        os.replace(tmp, st_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    write_json_atomic(json_path, full)
+    return st_path.with_suffix("")
+
+
+def load_artifact(
+    path: str | Path, kind: str | None = None, device: str | torch.device = "cpu"
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Load an artefact written by :func:`save_artifact`; check its kind and that it is finite."""
+    st_path, json_path = _paths(path)
+    if not st_path.exists():
+        raise ArtifactError(f"no artefact at {st_path}")
+    if not json_path.exists():
+        raise ArtifactError(f"{st_path} has no provenance record {json_path.name} beside it")
+    try:
+        record = json.loads(json_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"corrupt provenance record {json_path}: {e}") from e
+    try:
+        tensors = load_file(str(st_path), device=str(device))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ArtifactError(f"corrupt safetensors file {st_path}: {e}") from e
+    if kind is not None and record.get("kind") != kind:
+        raise ArtifactError(f"{st_path} holds a {record.get('kind')!r}, expected a {kind!r}")
+    for name, t in tensors.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise ArtifactError(f"{st_path}: tensor {name!r} contains NaN or inf")
+    return tensors, record
