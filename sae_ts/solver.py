@@ -1,0 +1,289 @@
+"""Solvers: from a target over SAE features to a unit steering direction.
+
+Methods (all return unit-norm ``[d_model]`` directions; the scale is chosen afterwards):
+
+* ``"sae_ts"`` — the paper's rule ``normalize(normalize(W t) - λ normalize(W b))``, λ = 1.
+* ``"pinv"`` — the least-squares input for the target effect, ``(t - b) @ pinv(W)``, normalised
+  (the paper's pinv baseline was not normalised).
+* ``"targeted"`` — sae-ts's solver. Over unit vectors ``v`` with predicted effect
+  ``e(v) = v W + b`` it maximises::
+
+      a · e(v)  -  μ · ( ||e(v)[off]||²  +  hold_weight · ||e(v)[hold]||² )
+
+  where ``a`` holds the raise weights (and minus the suppress weights), ``off`` is every feature
+  not in the target and ``hold`` the features to keep still. On the unit sphere this is a
+  trust-region subproblem: it is solved exactly through one eigendecomposition and a 1-D secular
+  equation (``scipy.optimize.brentq``). μ is chosen from a log grid as the value that maximises
+  the predicted *target share* among solutions keeping at least ``min_target_fraction`` of the
+  largest achievable predicted target effect.
+
+:func:`refine` closes the loop: measure the solved vector's real effect, treat the model's error as
+a local bias correction, solve again, and report predicted vs measured at each step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from scipy.optimize import brentq
+
+from .effect_model import LinearEffectModel
+
+__all__ = ["Method", "RefineStep", "Target", "predicted_stats", "refine", "solve", "target_stats"]
+
+Method = Literal["sae_ts", "pinv", "targeted"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """What to steer towards: features to raise (with weights), hold still, or push down."""
+
+    raise_: Mapping[int, float]
+    hold: Sequence[int] = ()
+    suppress: Mapping[int, float] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, features: Mapping[int, float] | Sequence[int] | int, **kw: Any) -> Target:
+        """``Target.of(123)``, ``Target.of([1, 2])`` or ``Target.of({1: 1.0, 2: 0.5})``."""
+        if isinstance(features, int):
+            features = {features: 1.0}
+        elif not isinstance(features, Mapping):
+            features = {int(f): 1.0 for f in features}
+        return cls(dict(features), **kw)
+
+    def validate(self, d_sae: int) -> None:
+        """Raise a clear error for empty targets, unknown ids, bad weights or overlaps."""
+        if not self.raise_:
+            raise ValueError("target has no features to raise")
+        ids = [*self.raise_, *self.hold, *self.suppress]
+        bad = [i for i in ids if not isinstance(i, (int, np.integer)) or not 0 <= int(i) < d_sae]
+        if bad:
+            raise ValueError(f"feature ids out of range [0, {d_sae}): {bad[:10]}")
+        weights = [*self.raise_.values(), *self.suppress.values()]
+        if not all(np.isfinite(w) and w > 0 for w in weights):
+            raise ValueError("feature weights must be finite and > 0")
+        overlap = (
+            (set(self.raise_) & set(self.hold))
+            | (set(self.raise_) & set(self.suppress))
+            | (set(self.hold) & set(self.suppress))
+        )
+        if overlap:
+            raise ValueError(f"features in more than one role: {sorted(overlap)}")
+
+    def dense(self, d_sae: int) -> torch.Tensor:
+        """The target vector ``t``: raise weights positive, suppress weights negative."""
+        self.validate(d_sae)
+        t = torch.zeros(d_sae)
+        for i, w in self.raise_.items():
+            t[int(i)] = w
+        for i, w in self.suppress.items():
+            t[int(i)] = -w
+        return t
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "raise": {int(k): float(v) for k, v in self.raise_.items()},
+            "hold": [int(i) for i in self.hold],
+            "suppress": {int(k): float(v) for k, v in self.suppress.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Target:
+        return cls(
+            {int(k): float(v) for k, v in d["raise"].items()},
+            [int(i) for i in d.get("hold", [])],
+            {int(k): float(v) for k, v in d.get("suppress", {}).items()},
+        )
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    n = x.norm()
+    if not torch.isfinite(n) or n == 0:
+        raise ValueError("cannot normalise a zero or non-finite vector")
+    return x / n
+
+
+def target_stats(effect: torch.Tensor, target: Target) -> dict[str, float]:
+    """Target effect, off-target norm and target share of one effect vector.
+
+    * ``target_effect``: ``Σ w_i e_i`` over raise features minus ``Σ w_i e_i`` over suppress
+      features, divided by the total weight (a weighted mean shift of the target).
+    * ``off_target_norm``: L2 norm of the effect on every feature outside the target.
+    * ``target_share``: wanted effect mass / total effect mass,
+      ``Σ_raise max(e,0) + Σ_suppress max(-e,0)`` over ``Σ |e|``.
+    """
+    e = effect.double()
+    d = e.shape[0]
+    t = target.dense(d).double()
+    total_w = t.abs().sum()
+    raise_ids = [int(i) for i in target.raise_]
+    sup_ids = [int(i) for i in target.suppress]
+    mask = torch.zeros(d, dtype=torch.bool)
+    mask[raise_ids + sup_ids] = True
+    wanted = e[raise_ids].clamp_min(0).sum() + (-e[sup_ids]).clamp_min(0).sum()
+    mass = e.abs().sum()
+    return {
+        "target_effect": float((t * e).sum() / total_w),
+        "off_target_norm": float(e[~mask].norm()),
+        "target_share": float(wanted / mass) if mass > 0 else 0.0,
+    }
+
+
+def predicted_stats(model: LinearEffectModel, v: torch.Tensor, target: Target) -> dict[str, float]:
+    """:func:`target_stats` of the model's predicted effect of ``v``."""
+    return target_stats(model.predict(v.float()), target)
+
+
+def _solve_sae_ts(model: LinearEffectModel, t: torch.Tensor, lam: float) -> torch.Tensor:
+    Wt = model.W.double() @ t.double()
+    Wb = model.W.double() @ model.b.double()
+    return _unit(_unit(Wt) - lam * _unit(Wb)).float()
+
+
+def _solve_pinv(model: LinearEffectModel, t: torch.Tensor) -> torch.Tensor:
+    v = (t.double() - model.b.double()) @ torch.linalg.pinv(model.W.double())
+    return _unit(v).float()
+
+
+def _trust_region(g: np.ndarray, evals: np.ndarray, evecs: np.ndarray) -> np.ndarray:
+    """argmax_{|v|=1} g·v - vᵀQv for PSD Q = V diag(evals) Vᵀ (exact, via the secular equation)."""
+    gt = evecs.T @ g
+    lo = -evals.min()
+
+    def norm_minus_one(lam: float) -> float:
+        return float(np.linalg.norm(gt / (2 * (evals + lam))) - 1.0)
+
+    # ||v(λ)|| decreases from +inf (λ -> -λmin, unless g ⟂ that eigenvector) to 0 (λ -> inf)
+    eps = 1e-12 * max(1.0, abs(lo))
+    left = lo + eps
+    if norm_minus_one(left) < 0:  # the "hard case": g has no weight on the smallest eigenvector
+        v = evecs @ (gt / (2 * (evals + left)))
+        rest = np.sqrt(max(0.0, 1 - float(v @ v)))
+        return v + rest * evecs[:, int(np.argmin(evals))]
+    right = lo + 1.0
+    while norm_minus_one(right) > 0:
+        right = lo + 2 * (right - lo)
+    lam = brentq(norm_minus_one, left, right, xtol=1e-14, rtol=1e-12)
+    v = evecs @ (gt / (2 * (evals + lam)))
+    return v / np.linalg.norm(v)
+
+
+def _solve_targeted(
+    model: LinearEffectModel,
+    target: Target,
+    t: torch.Tensor,
+    mu: float | None,
+    hold_weight: float,
+    min_target_fraction: float,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    W = model.W.double().numpy()
+    b = model.b.double().numpy()
+    d_sae = W.shape[1]
+    keep = np.ones(d_sae, dtype=bool)
+    keep[[*map(int, target.raise_), *map(int, target.suppress)]] = False
+    weight = keep.astype(np.float64)
+    weight[[int(i) for i in target.hold]] = hold_weight
+    Ww = W * weight  # W diag(weight)
+    Q0 = Ww @ W.T  # quadratic part of sum_j weight_j (vW)_j^2
+    lin = W @ t.double().numpy()  # a · (vW)
+    cross = Ww @ b  # from sum_j weight_j (vW)_j b_j
+    # scale μ relative to the problem so the grid means the same for any model
+    scale = float(np.linalg.norm(lin)) / max(float(np.trace(Q0)) / Q0.shape[0], 1e-30)
+    evals, evecs = np.linalg.eigh(Q0)
+    evals = np.clip(evals, 0, None)
+    grid = [mu] if mu is not None else [0.0, *list(np.logspace(-3, 3, 25))]
+    sols = []
+    for m in grid:
+        mm = m * scale
+        if mm == 0:
+            v = lin / np.linalg.norm(lin)
+        else:
+            v = _trust_region(lin - 2 * mm * cross, mm * evals, evecs)
+        vt = torch.as_tensor(v, dtype=torch.float32)
+        sols.append((m, vt, predicted_stats(model, vt, target)))
+    best_effect = max(s[2]["target_effect"] for s in sols)
+    ok = [s for s in sols if s[2]["target_effect"] >= min_target_fraction * best_effect] or sols
+    m, v, stats = max(ok, key=lambda s: s[2]["target_share"])
+    return v, {"mu": m, "mu_scale": scale, "predicted": stats, "grid": [(s[0], s[2]) for s in sols]}
+
+
+def solve(
+    model: LinearEffectModel,
+    target: Target | Mapping[int, float] | Sequence[int] | int,
+    method: Method = "targeted",
+    *,
+    lam: float = 1.0,
+    mu: float | None = None,
+    hold_weight: float = 10.0,
+    min_target_fraction: float = 0.5,
+    return_info: bool = False,
+) -> Any:
+    """A unit steering direction for ``target`` under the effect model.
+
+    Args:
+        model: a fitted :class:`LinearEffectModel`.
+        target: a :class:`Target`, or features (see :meth:`Target.of`).
+        method: ``"sae_ts"`` (paper rule, ``lam`` = λ), ``"pinv"`` or ``"targeted"``.
+        mu, hold_weight, min_target_fraction: ``"targeted"`` only (see module docstring);
+            ``mu=None`` picks μ from a grid.
+        return_info: also return a dict with the predicted stats (and μ for ``"targeted"``).
+    """
+    tgt = target if isinstance(target, Target) else Target.of(target)
+    t = tgt.dense(model.d_sae)
+    info: dict[str, Any]
+    if method == "sae_ts":
+        v, info = _solve_sae_ts(model, t, lam), {"lam": lam}
+    elif method == "pinv":
+        v, info = _solve_pinv(model, t), {}
+    elif method == "targeted":
+        v, info = _solve_targeted(model, tgt, t, mu, hold_weight, min_target_fraction)
+    else:
+        raise ValueError(f"unknown method {method!r}; use 'sae_ts', 'pinv' or 'targeted'")
+    info = {
+        "method": method,
+        "predicted": predicted_stats(model, v, tgt),
+        **{k: v_ for k, v_ in info.items() if k != "predicted"},
+    }
+    return (v, info) if return_info else v
+
+
+@dataclass
+class RefineStep:
+    """One closed-loop step: the vector, and its predicted and measured effect statistics."""
+
+    step: int
+    vector: torch.Tensor
+    predicted: dict[str, float]
+    measured: dict[str, float]
+    cosine: float  # cosine(predicted effect, measured effect)
+
+
+def refine(
+    model: LinearEffectModel,
+    target: Target,
+    measure: Callable[[torch.Tensor], torch.Tensor],
+    method: Method = "targeted",
+    steps: int = 2,
+    **solve_kw: Any,
+) -> list[RefineStep]:
+    """Closed-loop refinement: solve, measure, correct the model's bias locally, solve again.
+
+    ``measure(v)`` returns the measured effect (``[d_sae]``) of unit vector ``v`` at the scale the
+    model was fitted for (e.g. ``lambda v: est.measure(v, scale)[0] - baseline``). The correction
+    sets ``b' = b + (measured - predicted)`` at the current vector, so the next solve plans with the
+    model's error there. Returns every step; pick the best by measured target share.
+    """
+    local = LinearEffectModel(model.W, model.b.clone(), dict(model.record))
+    out: list[RefineStep] = []
+    for k in range(steps + 1):
+        v = solve(local, target, method, **solve_kw)
+        pred = local.predict(v)
+        meas = measure(v).float()
+        cos = float(torch.nn.functional.cosine_similarity(pred, meas, dim=0))
+        out.append(RefineStep(k, v, target_stats(pred, target), target_stats(meas, target), cos))
+        local = LinearEffectModel(local.W, local.b + (meas - pred), local.record)
+    return out

@@ -1,0 +1,176 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sae_ts.effect_model import LinearEffectModel, effect_metrics, fit_adam, fit_ridge
+from sae_ts.effects import EffectDataset
+from sae_ts.solver import Target, predicted_stats, refine, solve, target_stats
+
+
+def synthetic(n=400, d=24, k=60, noise=0.05, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(d, k, generator=g) / d**0.5
+    b = torch.randn(k, generator=g) * 0.1
+    X = torch.randn(n, d, generator=g)
+    X = X / X.norm(dim=-1, keepdim=True)
+    Y = X @ W + b + noise * torch.randn(n, k, generator=g)
+    return EffectDataset(X, torch.ones(n), Y, torch.zeros(k), {"seed": seed}), W, b
+
+
+def test_ridge_recovers_a_linear_map():
+    ds, _, b = synthetic()
+    model, rep = fit_ridge(ds, holdout=100)
+    assert rep.r2 > 0.85 and rep.cosine > 0.9, rep
+    assert torch.allclose(model.b, b, atol=0.05)
+    # the held-out metrics are what they claim to be
+    r2, cos = effect_metrics(model.predict(ds.inputs[-100:]), ds.effects[-100:])
+    assert abs(r2 - rep.r2) < 1e-5 and abs(cos - rep.cosine) < 1e-5
+
+
+def test_ridge_regularises_when_data_are_scarce():
+    ds, _, _ = synthetic(n=60, d=24, noise=0.5)
+    _, rep = fit_ridge(ds, holdout=20)
+    assert rep.alpha is not None and rep.alpha > 1e-4  # CV moved off the smallest alpha
+
+
+def test_adam_parity_fit_learns_too():
+    ds, _, _ = synthetic(n=1500)
+    _, rep = fit_adam(ds, holdout=100, lr=1e-2, epochs=15)
+    assert rep.r2 > 0.5, rep
+
+
+def test_effect_model_round_trip_and_checks(tmp_path):
+    m = LinearEffectModel(torch.randn(4, 6), torch.randn(6), {"seed": 1})
+    m.save(tmp_path / "m")
+    back = LinearEffectModel.load(tmp_path / "m")
+    assert torch.equal(back.W, m.W) and back.record["seed"] == 1
+    with pytest.raises(ValueError):
+        LinearEffectModel(torch.randn(4, 6), torch.randn(5))
+    with pytest.raises(ValueError, match="NaN"):
+        LinearEffectModel(torch.full((4, 6), float("nan")), torch.zeros(6))
+    with pytest.raises(ValueError, match="d_model"):
+        m.predict(torch.ones(5))
+
+
+def test_sae_ts_rule_matches_the_paper_formula():
+    for seed in range(5):
+        g = torch.Generator().manual_seed(seed)
+        W, b = torch.randn(16, 40, generator=g), torch.randn(40, generator=g)
+        t = torch.zeros(40)
+        t[3], t[7] = 1.0, 0.5
+        model = LinearEffectModel(W, b)
+        v = solve(model, {3: 1.0, 7: 0.5}, method="sae_ts")
+
+        def normalize(x):
+            return x / x.norm()
+
+        ref = normalize(normalize(W @ t) - normalize(W @ b))
+        assert torch.allclose(v, ref, atol=1e-6)
+        assert torch.allclose(
+            solve(model, {3: 1.0, 7: 0.5}, method="sae_ts", lam=0.0), normalize(W @ t), atol=1e-6
+        )
+
+
+def test_pinv_hits_an_achievable_target_direction():
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(30, 20, generator=g)  # full row rank: every effect is achievable
+    b = torch.zeros(20)
+    model = LinearEffectModel(W, b)
+    v = solve(model, {5: 1.0}, method="pinv")
+    e = model.predict(v)
+    assert abs(float(v.norm()) - 1) < 1e-5
+    assert e[5] > 0 and e.abs().argmax() == 5 and (e.abs().sum() - e[5]) < 1e-3
+
+
+def test_targeted_beats_the_paper_rule_on_target_share():
+    """On random effect models the targeted solver has a higher predicted target share."""
+    wins = 0
+    for seed in range(8):
+        g = torch.Generator().manual_seed(seed)
+        W = torch.randn(32, 200, generator=g)
+        b = torch.randn(200, generator=g).abs() * 0.5
+        model = LinearEffectModel(W, b)
+        tgt = Target.of({1: 1.0, 2: 1.0})
+        a = predicted_stats(model, solve(model, tgt, "sae_ts"), tgt)
+        v = solve(model, tgt, "targeted")
+        c = predicted_stats(model, v, tgt)
+        assert abs(float(v.norm()) - 1) < 1e-4
+        assert c["target_effect"] > 0
+        wins += c["target_share"] > a["target_share"]
+    assert wins >= 7
+
+
+def test_trust_region_is_the_exact_maximiser():
+    g = torch.Generator().manual_seed(3)
+    W = torch.randn(6, 12, generator=g)
+    model = LinearEffectModel(W, torch.zeros(12))
+    tgt = Target.of({0: 1.0})
+    v, info = solve(model, tgt, "targeted", mu=1.0, return_info=True)
+    mm = info["mu_scale"]
+    t = tgt.dense(12)
+    wt = torch.ones(12, dtype=torch.float64)
+    wt[0] = 0
+
+    def objective(x):
+        e = x.double() @ W.double()
+        return float(t.double() @ e - mm * (wt * e**2).sum())
+
+    best = objective(v)
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        x = torch.as_tensor(rng.normal(size=6))
+        assert objective(x / x.norm()) <= best + 1e-6
+
+
+def test_hold_and_suppress_are_respected():
+    g = torch.Generator().manual_seed(1)
+    W = torch.randn(40, 80, generator=g)
+    model = LinearEffectModel(W, torch.zeros(80))
+    hold = [1, 2, 3]
+    plain = model.predict(solve(model, {0: 1.0}, "targeted", mu=1.0))
+    held = [
+        model.predict(
+            solve(model, Target.of({0: 1.0}, hold=hold), "targeted", mu=1.0, hold_weight=w)
+        )
+        for w in (10.0, 100.0)
+    ]
+    sizes = [float(e[hold].abs().sum()) for e in (plain, *held)]
+    assert sizes[0] > sizes[1] > sizes[2] and sizes[2] < 0.1 * sizes[0], sizes
+    assert all(e[0] > 0 for e in held)
+    sup = model.predict(solve(model, Target.of({0: 1.0}, suppress={4: 1.0}), "targeted", mu=0.0))
+    assert sup[4] < 0 and sup[0] > 0
+
+
+def test_target_validation_and_stats():
+    with pytest.raises(ValueError, match="no features"):
+        Target({}).validate(10)
+    with pytest.raises(ValueError, match="out of range"):
+        Target.of([3, 12]).validate(10)
+    with pytest.raises(ValueError, match="more than one role"):
+        Target.of([3], hold=[3]).validate(10)
+    with pytest.raises(ValueError, match="> 0"):
+        Target({1: -1.0}).validate(10)
+    with pytest.raises(ValueError, match="unknown method"):
+        solve(LinearEffectModel(torch.randn(4, 10), torch.zeros(10)), 1, method="magic")  # type: ignore[arg-type]
+    e = torch.tensor([2.0, 0.0, -1.0, 1.0])
+    s = target_stats(e, Target.of({0: 1.0}, suppress={2: 1.0}))
+    assert s["target_effect"] == pytest.approx(1.5)
+    assert s["off_target_norm"] == pytest.approx(1.0)
+    assert s["target_share"] == pytest.approx(3.0 / 4.0)
+    assert Target.from_dict(Target.of({1: 2.0}, hold=[3]).to_dict()) == Target.of(
+        {1: 2.0}, hold=[3]
+    )
+
+
+def test_refine_corrects_a_biased_model():
+    g = torch.Generator().manual_seed(2)
+    W_true = torch.randn(20, 50, generator=g)
+    b_true = torch.randn(50, generator=g).abs()
+    model = LinearEffectModel(W_true, torch.zeros(50))  # wrong bias
+    tgt = Target.of({0: 1.0})
+    steps = refine(model, tgt, lambda v: v @ W_true + b_true, method="targeted", steps=2)
+    assert len(steps) == 3
+    assert steps[0].cosine < 0.999 and steps[-1].cosine > 0.999  # corrected model predicts exactly
+    assert steps[-1].measured["target_share"] >= steps[0].measured["target_share"] - 1e-6
