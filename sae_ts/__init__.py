@@ -16,6 +16,18 @@ from __future__ import annotations
 from importlib import metadata as _metadata
 
 from .artifacts import ArtifactError, load_artifact, save_artifact
+from .baselines import caa_vector, find_features, sae_latent_vector
+from .effect_model import FitReport, LinearEffectModel, fit_adam, fit_ridge
+from .effects import (
+    EffectConfig,
+    EffectDataset,
+    EffectEstimator,
+    calibrate_scales,
+    decoder_directions,
+    estimate_effects,
+    random_directions,
+)
+from .evaluation import Measurement, measure_vector
 from .models import (
     HubUnavailableError,
     Loaded,
@@ -29,6 +41,7 @@ from .models import (
     tiny_model,
     to_tokens,
 )
+from .solver import Target, refine, solve
 from .steering import SteeringHook, SteeringVector, add_hooks, generate, steer
 
 try:
@@ -38,22 +51,41 @@ except _metadata.PackageNotFoundError:  # pragma: no cover - running from a sour
 
 __all__ = [
     "ArtifactError",
+    "EffectConfig",
+    "EffectDataset",
+    "EffectEstimator",
+    "FitReport",
     "HubUnavailableError",
+    "LinearEffectModel",
     "Loaded",
+    "Measurement",
     "ModelFetchError",
     "SteeringHook",
     "SteeringVector",
+    "Target",
     "__version__",
     "add_hooks",
+    "caa_vector",
+    "calibrate_scales",
     "check_pair",
+    "decoder_directions",
+    "estimate_effects",
     "fetch_embedded_model",
+    "find_features",
+    "fit_adam",
+    "fit_ridge",
     "generate",
     "load",
     "load_artifact",
     "load_default",
     "load_default_model",
+    "measure_vector",
+    "random_directions",
+    "refine",
+    "sae_latent_vector",
     "save_artifact",
     "sink_mask",
+    "solve",
     "steer",
     "tiny_model",
     "to_tokens",

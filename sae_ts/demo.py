@@ -1,64 +1,242 @@
-"""``sae-ts demo``: steer the embedded model and show steered vs unsteered generations."""
+"""``sae-ts demo``: the whole SAE-TS pipeline on the embedded model, in a few minutes on a CPU.
+
+1. estimate the SAE-feature effects of candidate vectors (SAE decoder rows and random directions)
+   at one scale, calibrated to raise the LM loss by 0.5 nats on a reference text;
+2. fit the linear effect model and report its held-out fit;
+3. pick a concept target with :func:`~sae_ts.baselines.find_features` from built-in contrastive
+   sentences;
+4. build four vectors: the paper's SAE-TS rule, sae-ts's ``targeted`` solver, CAA and SAE-latent
+   steering; measure each at the same scale; print one table; show steered generations;
+5. save a plot and every artefact under ``--out``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
-from .models import load_default_model, sink_mask, to_tokens
-from .steering import generate, steer
+from .baselines import caa_vector, find_features, sae_latent_vector
+from .effect_model import fit_ridge
+from .effects import (
+    EffectConfig,
+    EffectEstimator,
+    calibrate_scales,
+    decoder_directions,
+    estimate_effects,
+    random_directions,
+    reference_texts,
+)
+from .evaluation import measure_vector
+from .models import load_default, to_tokens
+from .solver import Target, solve
+from .steering import SteeringVector, generate, steer
 
-__all__ = ["add_cli_commands", "run_demo"]
+__all__ = ["DEMO_NEG", "DEMO_POS", "DemoBudget", "add_cli_commands", "run_demo"]
 
-_POS = ["I love weddings: the bride, the groom, the wedding dress and the vows."]
-_NEG = ["I love mornings: the coffee, the quiet street, the newspaper and the birds."]
+# Hand-written contrastive sentences for the demo concept ("weddings").
+DEMO_POS = [
+    "The bride walked down the aisle in a white wedding dress.",
+    "They exchanged wedding rings and vows in front of their families.",
+    "The wedding reception had a three-tier cake and a first dance.",
+    "She caught the bouquet at her sister's wedding.",
+    "The groom gave a toast to his new wife at the wedding.",
+    "We are planning our wedding for next June at the church.",
+]
+DEMO_NEG = [
+    "The accountant walked down the hallway in a grey suit.",
+    "They exchanged business cards in front of their colleagues.",
+    "The office meeting had a projector and a long agenda.",
+    "She caught the bus at the corner of the street.",
+    "The manager gave a talk to the new staff at the meeting.",
+    "We are planning our budget for next June at the office.",
+]
+
+
+@dataclass(frozen=True)
+class DemoBudget:
+    """How much the demo measures; the defaults fit ~10 minutes on a 2-core CPU."""
+
+    n_decoder: int = 64
+    n_random: int = 32
+    rollouts: int = 1
+    eval_rollouts: int = 4
+    seq_len: int = 32
+    holdout: int = 16
+
+
+def _table(rows: dict[str, dict[str, Any]]) -> str:
+    cols = [
+        "target_effect",
+        "off_target_norm",
+        "target_share",
+        "predicted_target_effect",
+        "predicted_cosine",
+    ]
+    head = f"{'method':<12}" + "".join(f"{c:>24}" for c in cols)
+    lines = [head, "-" * len(head)]
+    for name, r in rows.items():
+        cells = "".join(f"{'—' if r[c] is None else f'{r[c]:.4f}':>24}" for c in cols)
+        lines.append(f"{name:<12}{cells}")
+    return "\n".join(lines)
 
 
 def run_demo(
-    hook_name: str = "blocks.12.hook_resid_post",
-    scale: float = 4.0,
-    prompt: str = "I think",
-    max_new_tokens: int = 24,
+    out: str | Path = "runs/demo",
+    budget: DemoBudget | None = None,
     seed: int = 0,
-) -> dict[str, str]:
-    """Load the default model, build a contrastive vector, print steered vs unsteered text."""
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Run the demo pipeline; return the table rows and generations."""
+    budget = budget or DemoBudget()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    model = load_default_model()
-    print(f"loaded {model.cfg.model_name} in {time.time() - t0:.1f}s")
-    with torch.no_grad():
-        acts = {}
-        for name, texts in (("pos", _POS), ("neg", _NEG)):
-            _, cache = model.run_with_cache(to_tokens(model, texts), names_filter=hook_name)
-            a = cache[hook_name]
-            keep = ~sink_mask(a)
-            acts[name] = a[keep].mean(0)
-        vec = acts["pos"] - acts["neg"]
-        vec = vec / vec.norm()
-        norm = float(cache[hook_name][~sink_mask(cache[hook_name])].norm(dim=-1).median())
-    toks = to_tokens(model, [prompt])
-    out: dict[str, str] = {}
-    for label, s in (("unsteered", 0.0), (f"steered (scale {scale} x median norm)", scale)):
-        g = torch.Generator().manual_seed(seed)
-        with steer(model, vec, hook_name, scale=s * norm):
-            ids = generate(model, toks, max_new_tokens, temperature=0.7, top_k=50, generator=g)
-        out[label] = str(model.to_string(ids[0, 1:]))
-        print(f"\n== {label}\n{out[label]}")
-    return out
+    model, sae, hook = load_default(device=device)
+    print(
+        f"[1/5] loaded {model.cfg.model_name} + SAE ({sae.cfg.d_sae} latents at {hook}) in {time.time() - t0:.0f}s"
+    )
+
+    d = model.cfg.d_model
+    probe = random_directions(6, d, seed=seed + 1)
+    scale = float(
+        calibrate_scales(model, probe, hook, 0.5, reference=reference_texts(1500)).median()
+    )
+    print(
+        f"      scale: {scale:.1f} (median scale at which 6 random unit vectors add 0.5 nats of LM loss)"
+    )
+    cands = torch.cat(
+        [
+            decoder_directions(sae, n=budget.n_decoder, seed=seed),
+            random_directions(budget.n_random, d, seed=seed),
+        ]
+    )
+    cands = cands[torch.randperm(cands.shape[0], generator=torch.Generator().manual_seed(seed))]
+    cfg = EffectConfig(rollouts=budget.rollouts, seq_len=budget.seq_len)
+    est = EffectEstimator(model, sae, config=cfg, seed=seed)
+    t1 = time.time()
+    ds = estimate_effects(est, cands, scale, out_dir=out / "effects", chunk_size=32)
+    ds.save(out / "effects" / "effects")
+    print(f"[2/5] estimated {len(ds)} effects in {time.time() - t1:.0f}s")
+
+    em, rep = fit_ridge(ds, holdout=budget.holdout, seed=seed)
+    em.save(out / "effect_model")
+    print(f"[3/5] {rep}")
+
+    feats = find_features(model, sae, DEMO_POS, DEMO_NEG, hook, top=3)
+    if not feats:
+        raise RuntimeError("find_features found no latent firing more on the positive sentences")
+    total = sum(s for _, s in feats)
+    target = Target({f: s / total for f, s in feats})
+    print(f"[4/5] target features (weddings): {[(f, round(s, 3)) for f, s in feats]}")
+
+    vectors = {
+        "caa": caa_vector(model, DEMO_POS, DEMO_NEG, hook),
+        "sae_latent": sae_latent_vector(sae, target.raise_),
+        "sae_ts": solve(em, target, "sae_ts"),
+        "targeted": solve(em, target, "targeted"),
+    }
+    rows: dict[str, dict[str, Any]] = {}
+    gens: dict[str, list[str]] = {}
+    toks = to_tokens(model, ["I think"] * 2)
+    for i, (name, v) in enumerate(vectors.items()):
+        m = measure_vector(
+            est,
+            v,
+            scale,
+            target,
+            baseline=ds.baseline,
+            effect_model=em,
+            rollouts=budget.eval_rollouts,
+            vector_id=10**6 + i,
+        )
+        rows[name] = m.row()
+        SteeringVector(
+            v, hook, model.cfg.model_name, name, scale, target.to_dict(), sae=str(hook), seed=seed
+        ).save(out / f"vector_{name}")
+        with steer(model, v, hook, scale=scale):
+            ids = generate(
+                model,
+                toks,
+                24,
+                temperature=1.0,
+                top_k=50,
+                top_p=0.3,
+                generator=torch.Generator().manual_seed(seed),
+            )
+        gens[name] = [str(model.to_string(r[1:])) for r in ids]
+    print(f"[5/5] measured at scale {scale:.1f} ({budget.eval_rollouts} rollouts per prompt):\n")
+    print(_table(rows))
+    for name, texts in gens.items():
+        print(f"\n== {name}")
+        for t in texts:
+            print("  " + t.replace("\n", " "))
+    _plot(rows, out / "demo.png")
+    result = {
+        "scale": scale,
+        "fit": {"r2": rep.r2, "cosine": rep.cosine, "alpha": rep.alpha},
+        "target": target.to_dict(),
+        "rows": rows,
+        "generations": gens,
+        "seconds": time.time() - t0,
+    }
+    (out / "demo.json").write_text(json.dumps(result, indent=2))
+    print(f"\nplot -> {out / 'demo.png'}; artefacts -> {out}/ ({time.time() - t0:.0f}s in all)")
+    return result
+
+
+def _plot(rows: dict[str, dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(rows)
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    for ax, key, title in zip(
+        axes,
+        ["target_effect", "off_target_norm", "target_share"],
+        ["target effect ↑", "off-target norm ↓", "target share ↑"],
+    ):
+        ax.bar(
+            names,
+            [rows[n][key] for n in names],
+            color=["#888", "#b58", "#58b", "#2a7"][: len(names)],
+        )
+        ax.set_title(title)
+        ax.tick_params(axis="x", rotation=30)
+    fig.suptitle("Measured SAE-feature effects of four steering vectors (same scale)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    run_demo(args.hook, args.scale, args.prompt, args.max_new_tokens, args.seed)
+    budget = DemoBudget(n_decoder=args.n_decoder, n_random=args.n_random, rollouts=args.rollouts)
+    run_demo(args.out, budget, args.seed, args.device)
     return 0
 
 
-def add_cli_commands(sub: argparse._SubParsersAction) -> None:
+def add_cli_commands(sub: Any) -> None:
     """Register ``sae-ts demo``."""
-    p = sub.add_parser("demo", help="steer the embedded model and print steered vs unsteered text")
-    p.add_argument("--hook", default="blocks.12.hook_resid_post")
-    p.add_argument("--scale", type=float, default=4.0, help="multiple of the median residual norm")
-    p.add_argument("--prompt", default="I think")
-    p.add_argument("--max-new-tokens", type=int, default=24)
+    p = sub.add_parser(
+        "demo", help="run the whole SAE-TS pipeline on the embedded model (~10 min on CPU)"
+    )
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument(
+        "--n-decoder", type=int, default=DemoBudget.n_decoder, help="decoder-row candidates"
+    )
+    p.add_argument(
+        "--n-random", type=int, default=DemoBudget.n_random, help="random-direction candidates"
+    )
+    p.add_argument(
+        "--rollouts", type=int, default=DemoBudget.rollouts, help="per prompt per candidate"
+    )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.set_defaults(func=_cmd_demo)
