@@ -144,6 +144,16 @@ def run_demo(
     rows: dict[str, dict[str, Any]] = {}
     gens: dict[str, list[str]] = {}
     toks = to_tokens(model, ["I think"] * 2)
+    ids = generate(
+        model,
+        toks,
+        24,
+        temperature=1.0,
+        top_k=50,
+        top_p=0.3,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    gens["unsteered"] = [str(model.to_string(r[1:])) for r in ids]
     for i, (name, v) in enumerate(vectors.items()):
         m = measure_vector(
             est,
