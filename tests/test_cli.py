@@ -29,3 +29,107 @@ def test_console_script_runs():
 def test_no_command_prints_help(capsys):
     assert main([]) == 2
     assert "usage" in capsys.readouterr().out
+
+
+def test_parse_features():
+    from sae_ts.commands import parse_features
+
+    assert parse_features("12:1.0, 45:0.5,7") == {12: 1.0, 45: 0.5, 7: 1.0}
+    assert parse_features(None) == {}
+    with pytest.raises(ValueError, match="bad feature spec"):
+        parse_features("x:1")
+
+
+def test_hub_arguments_must_come_together(capsys):
+    assert main(["find-features", "--model", "gpt2-small", "--pos", "a", "--neg", "b"]) == 1
+    assert "go together" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_core_pipeline_end_to_end_on_the_real_model(tmp_path, capsys):
+    """estimate -> fit -> solve -> measure through the CLI, on a tiny budget."""
+    fx = tmp_path / "fx"
+    common = ["--prompt", "I think", "--prompt", "", "--seq-len", "8", "--rollouts", "1"]
+    assert (
+        main(
+            [
+                "estimate",
+                "--out",
+                str(fx),
+                "--n",
+                "12",
+                "--scale",
+                "60",
+                "--chunk-size",
+                "6",
+                *common,
+            ]
+        )
+        == 0
+    )
+    assert (fx / "effects.safetensors").exists() and (fx / "chunk_00001.safetensors").exists()
+    assert (
+        main(
+            [
+                "fit",
+                "--effects",
+                str(fx / "effects"),
+                "--out",
+                str(tmp_path / "em"),
+                "--holdout",
+                "3",
+            ]
+        )
+        == 0
+    )
+    assert "held-out R²" in capsys.readouterr().out
+    assert (
+        main(
+            [
+                "solve",
+                "--effect-model",
+                str(tmp_path / "em"),
+                "--features",
+                "1:1.0,2:0.5",
+                "--out",
+                str(tmp_path / "v"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "measure",
+                "--vector",
+                str(tmp_path / "v"),
+                "--scale",
+                "60",
+                "--effect-model",
+                str(tmp_path / "em"),
+                "--rollouts",
+                "1",
+                "--seq-len",
+                "8",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert '"target_share"' in out and '"predicted_cosine"' in out
+    # out-of-range features are a clear one-line error, not a traceback
+    assert (
+        main(
+            [
+                "solve",
+                "--effect-model",
+                str(tmp_path / "em"),
+                "--features",
+                "999999",
+                "--out",
+                str(tmp_path / "w"),
+            ]
+        )
+        == 1
+    )
+    assert "out of range" in capsys.readouterr().err
