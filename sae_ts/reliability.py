@@ -149,8 +149,8 @@ def split_items(
         raise ValueError(f"test fraction {test} must be in (0, 1 - train]")
     idx = list(range(len(items)))
     random.Random(seed).shuffle(idx)
-    n_tr = int(round(train * len(items)))
-    n_te = int(round(test * len(items)))
+    n_tr = round(train * len(items))
+    n_te = round(test * len(items))
     tr_idx, te_idx = idx[:n_tr], idx[n_tr : n_tr + n_te]
     assert not set(tr_idx) & set(te_idx), "train and test overlap"
     if not tr_idx or not te_idx:
@@ -304,19 +304,14 @@ def spurious_factors(slopes: np.ndarray, items: Sequence[MCItem]) -> dict[str, A
     is_yes = np.array([bool(it.pos_is_yes) for it in items], dtype=np.float64)
     r2_ab = _r2(y, is_a[:, None])
     r2_full = _r2(y, np.column_stack([is_a, is_yes])) if has_yn.any() else r2_ab
-    groups: dict[str, dict[str, float]] = {}
+    groups: dict[str, list[float]] = {}
     for it, s in zip(items, y):
         word = "yes" if it.pos_is_yes else "no" if it.pos_is_yes is False else "other"
-        groups.setdefault(f"{it.pos}/{word}", {"values": []})["values"].append(float(s))  # type: ignore[union-attr]
+        groups.setdefault(f"{it.pos}/{word}", []).append(float(s))
     combos = {
-        k: {
-            "n": len(v["values"]),
-            "mean": float(np.mean(v["values"])),
-            "std": float(np.std(v["values"])),
-            "slopes": v["values"],
-        }
+        k: {"n": len(v), "mean": float(np.mean(v)), "std": float(np.std(v)), "slopes": v}
         for k, v in sorted(groups.items())
-    }  # type: ignore[arg-type]
+    }
     return {
         "ab": r2_ab,
         "yes_no": r2_full - r2_ab,
