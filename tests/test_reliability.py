@@ -170,3 +170,35 @@ def test_shared_persona_file_balances(tmp_path):
     items = to_mc_items(load_mwe(path))
     combos = Counter((it.pos, it.pos_is_yes) for it in items)
     assert len(combos) == 4 and max(combos.values()) - min(combos.values()) <= 2
+
+
+def test_report_on_a_fixture(tiny, tmp_path):
+    import json as _json
+
+    from sae_ts.reliability_report import run_reliability
+    from tests.conftest import REPO
+
+    ds = [REPO / "tests" / "fixtures" / "kindness_persona.jsonl"] * 1
+    doc = run_reliability(
+        tiny,
+        ds,
+        HOOK,
+        "caa",
+        tmp_path / "r.json",
+        tmp_path,
+        max_items=None,
+        multipliers=(-1.0, 0.0, 1.0),
+    )
+    r = doc["kindness_persona"]
+    assert r["n_train"] == 6 and r["n_test"] == 6
+    assert len(r["steerability"]["per_sample"]) == 6
+    assert 0.0 <= r["anti_steerable_fraction"] <= 1.0
+    assert set(r["ood"]) == {"system_pos", "system_neg", "user_pos", "user_neg"}
+    assert (
+        abs(r["spurious"]["ab"] + r["spurious"]["yes_no"] + r["spurious"]["unexplained"] - 1) < 1e-9
+    )
+    saved = _json.loads((tmp_path / "r.json").read_text())
+    assert saved["kindness_persona"]["steerability"]["mean"] == pytest.approx(
+        r["steerability"]["mean"]
+    )
+    assert (tmp_path / "kindness_persona_reliability.png").exists()
