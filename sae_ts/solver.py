@@ -141,6 +141,8 @@ def predicted_stats(model: LinearEffectModel, v: torch.Tensor, target: Target) -
 def _solve_sae_ts(model: LinearEffectModel, t: torch.Tensor, lam: float) -> torch.Tensor:
     Wt = model.W.double() @ t.double()
     Wb = model.W.double() @ model.b.double()
+    if lam == 0 or Wb.norm() == 0:  # no bias direction to steer away from
+        return _unit(Wt).float()
     return _unit(_unit(Wt) - lam * _unit(Wb)).float()
 
 

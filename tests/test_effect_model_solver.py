@@ -174,3 +174,10 @@ def test_refine_corrects_a_biased_model():
     assert len(steps) == 3
     assert steps[0].cosine < 0.999 and steps[-1].cosine > 0.999  # corrected model predicts exactly
     assert steps[-1].measured["target_share"] >= steps[0].measured["target_share"] - 1e-6
+
+
+def test_paper_rule_with_zero_bias_is_the_plain_direction():
+    W = torch.randn(8, 20, generator=torch.Generator().manual_seed(0))
+    model = LinearEffectModel(W, torch.zeros(20))
+    v = solve(model, {2: 1.0}, "sae_ts")
+    assert torch.allclose(v, W[:, 2] / W[:, 2].norm(), atol=1e-6)

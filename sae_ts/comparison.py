@@ -1,0 +1,523 @@
+"""Method comparison on concept tasks: CAA vs SAE latent vs SAE-TS vs sae-ts's solver.
+
+A task is a directory in the SAE-TS format: ``act_steer.json`` (``pos``/``neg`` texts) and
+``criteria.json`` (``[{"name", "score", "coherence"}]``). Every method gets the same target
+features (from :func:`~sae_ts.baselines.find_features` on the task's texts), a unit vector, and the
+same sweep of norms, defined relative to the typical residual norm at the hook (the median over
+the task's texts, sinks excluded), because absolute norms do not transfer between models.
+
+Protocol, made sounder than the paper's in-sample maximum:
+
+* samples per scale are split in two halves by a seeded permutation; the scale with the best
+  score on half A is chosen, and the score reported is measured on half B, with a 95% bootstrap
+  CI over B's samples (the chosen scale held fixed);
+* the paper's figure (the maximum over scales of the score on all samples) is reported beside it.
+
+The score is the SAE-TS metric, mean behaviour x mean coherence; the AxBench harmonic mean is
+reported too.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformer_lens import HookedTransformer
+
+from .baselines import caa_vector, find_features, mean_activations, sae_latent_vector
+from .effect_model import LinearEffectModel
+from .models import to_tokens
+from .solver import Target, solve
+from .steering import SteeringHook, generate
+
+__all__ = [
+    "CompareConfig",
+    "Task",
+    "build_vectors",
+    "harmonic_mean",
+    "load_task",
+    "select_scale",
+    "sweep",
+    "typical_norm",
+]
+
+METHODS = ("caa", "sae", "sae_ts", "targeted")
+
+
+@dataclass(frozen=True)
+class Task:
+    """A concept task: contrastive texts and the judge's criteria."""
+
+    name: str
+    pos: list[str]
+    neg: list[str]
+    score_criterion: str
+    coherence_criterion: str
+    path: str = ""
+
+
+def load_task(path: str | Path) -> Task:
+    """Read an SAE-TS task directory; raise a clear error for anything missing or malformed."""
+    p = Path(path)
+    files = {n: p / n for n in ("act_steer.json", "criteria.json")}
+    for n, f in files.items():
+        if not f.exists():
+            raise FileNotFoundError(f"task {p} has no {n}")
+    try:
+        act = json.loads(files["act_steer.json"].read_text())
+        crit = json.loads(files["criteria.json"].read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"task {p}: malformed JSON: {e}") from e
+    if not isinstance(act, dict) or not act.get("pos") or not act.get("neg"):
+        raise ValueError(f"task {p}: act_steer.json needs non-empty 'pos' and 'neg' lists")
+    c = crit[0] if isinstance(crit, list) and crit else crit
+    if not isinstance(c, dict) or not {"score", "coherence"} <= set(c):
+        raise ValueError(f"task {p}: criteria.json needs 'score' and 'coherence'")
+    return Task(
+        str(c.get("name", p.name)),
+        list(act["pos"]),
+        list(act["neg"]),
+        c["score"],
+        c["coherence"],
+        str(p),
+    )
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """Sweep and sampling settings. ``quick`` and ``full`` are the CLI budgets."""
+
+    prompts: tuple[str, ...] = ("I think",)
+    norm_fractions: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+    samples: int = 32  # per scale and prompt
+    max_new_tokens: int = 24
+    temperature: float = 1.0
+    top_k: int | None = 50
+    top_p: float | None = 0.3
+    n_features: int = 3
+    bootstrap: int = 1000
+    seed: int = 0
+
+    @classmethod
+    def budget(cls, name: str, **kw: Any) -> CompareConfig:
+        if name == "quick":
+            return cls(
+                norm_fractions=(0.0, 0.5, 1.0, 2.0),
+                samples=8,
+                max_new_tokens=16,
+                bootstrap=200,
+                **kw,
+            )
+        if name == "full":
+            return cls(samples=64, **kw)
+        raise ValueError(f"unknown budget {name!r}; use 'quick' or 'full'")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def typical_norm(model: HookedTransformer, texts: Sequence[str], hook_name: str) -> float:
+    """Median residual norm at ``hook_name`` over ``texts`` (document start and sinks left out)."""
+    acts = mean_activations(model, texts, hook_name, "all")  # per-text means: robust, sink-free
+    return float(acts.norm(dim=-1).median())
+
+
+def build_vectors(
+    model: HookedTransformer,
+    sae: Any,
+    task: Task,
+    hook_name: str,
+    effect_model: LinearEffectModel | None,
+    methods: Sequence[str] = METHODS,
+    n_features: int = 3,
+) -> tuple[dict[str, torch.Tensor], list[tuple[int, float]]]:
+    """Unit vectors for each method, all aimed at the same target features."""
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        raise ValueError(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
+    feats = find_features(model, sae, task.pos, task.neg, hook_name, top=n_features)
+    if not feats:
+        raise ValueError(f"task {task.name}: no SAE latent fires more on the positive texts")
+    total = sum(s for _, s in feats)
+    target = Target({f: s / total for f, s in feats})
+    out: dict[str, torch.Tensor] = {}
+    for m in methods:
+        if m == "caa":
+            out[m] = caa_vector(model, task.pos, task.neg, hook_name, positions="all")
+        elif m == "sae":
+            out[m] = sae_latent_vector(sae, target.raise_)
+        else:
+            if effect_model is None:
+                raise ValueError(f"method {m!r} needs an effect model")
+            out[m] = solve(effect_model, target, "sae_ts" if m == "sae_ts" else "targeted")
+    return out, feats
+
+
+@torch.no_grad()
+def sweep(
+    model: HookedTransformer,
+    hook_name: str,
+    vector: torch.Tensor,
+    scales: Sequence[float],
+    cfg: CompareConfig,
+    seed_offset: int = 0,
+) -> dict[float, list[str]]:
+    """Generations at every scale (one batched generation per prompt; one scale per row group)."""
+    out: dict[float, list[str]] = {float(s): [] for s in scales}
+    for pi, prompt in enumerate(cfg.prompts):
+        toks = to_tokens(model, [prompt])
+        rows = len(scales) * cfg.samples
+        row_scales = torch.tensor([float(s) for s in scales for _ in range(cfg.samples)])
+        vecs = vector.float()[None].expand(rows, -1)
+        g = torch.Generator(device=model.cfg.device).manual_seed(
+            cfg.seed * 1000 + seed_offset * 17 + pi
+        )
+        hook = SteeringHook(vecs, row_scales)
+        ids = generate(
+            model, toks.expand(rows, -1), cfg.max_new_tokens, temperature=cfg.temperature,
+            top_k=cfg.top_k, top_p=cfg.top_p, generator=g, fwd_hooks=[(hook_name, hook)],
+        )  # fmt: skip
+        texts = [str(model.to_string(r[1:])) for r in ids]
+        for i, s in enumerate(scales):
+            out[float(s)].extend(texts[i * cfg.samples : (i + 1) * cfg.samples])
+    return out
+
+
+def harmonic_mean(a: float, b: float) -> float:
+    """AxBench's aggregate of two scores (0 if either is 0)."""
+    return 0.0 if a <= 0 or b <= 0 else 2 * a * b / (a + b)
+
+
+@dataclass
+class Selection:
+    """Held-out scale choice and the figures reported for it."""
+
+    best_scale: float
+    score: float
+    ci: tuple[float, float]
+    behavior: float
+    coherence: float
+    harmonic: float
+    in_sample_max: float
+    in_sample_scale: float
+    curve: dict[str, list[float]] = field(default_factory=dict)
+
+
+def select_scale(
+    behavior: dict[float, np.ndarray],
+    coherence: dict[float, np.ndarray],
+    seed: int = 0,
+    bootstrap: int = 1000,
+) -> Selection:
+    """Choose the scale on half A of the samples; report half B with a bootstrap CI.
+
+    ``behavior[s]`` and ``coherence[s]`` hold per-sample scores at scale ``s``; sample ``i`` at
+    every scale shares the index split.
+    """
+    scales = sorted(behavior)
+    n = len(behavior[scales[0]])
+    if n < 2 or any(len(behavior[s]) != n or len(coherence[s]) != n for s in scales):
+        raise ValueError("need >= 2 samples per scale, the same number at every scale")
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)
+    a, b = perm[: n // 2], perm[n // 2 :]
+
+    def score(idx: np.ndarray, s: float) -> float:
+        return float(behavior[s][idx].mean() * coherence[s][idx].mean())
+
+    best = max(scales, key=lambda s: score(a, s))
+    boots = []
+    for _ in range(bootstrap):
+        r = rng.choice(b, size=len(b), replace=True)
+        boots.append(score(r, best))
+    everyone = np.arange(n)
+    full = {s: score(everyone, s) for s in scales}
+    ins = max(scales, key=lambda s: full[s])
+    beh, coh = float(behavior[best][b].mean()), float(coherence[best][b].mean())
+    return Selection(
+        best_scale=float(best), score=score(b, best),
+        ci=(float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))),
+        behavior=beh, coherence=coh, harmonic=harmonic_mean(beh, coh),
+        in_sample_max=full[ins], in_sample_scale=float(ins),
+        curve={
+            "scale": [float(s) for s in scales],
+            "behavior": [float(behavior[s].mean()) for s in scales],
+            "coherence": [float(coherence[s].mean()) for s in scales],
+            "score": [full[s] for s in scales],
+        },
+    )  # fmt: skip
+
+
+def plot_task(name: str, curves: dict[str, dict[str, list[float]]], path: Path) -> None:
+    """Behaviour and coherence against scale for each method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), sharex=True)
+    for method, c in curves.items():
+        for ax, key in zip(axes, ("behavior", "coherence", "score")):
+            ax.plot(c["norm_fraction"], c[key], marker="o", label=method)
+    for ax, title in zip(axes, ("behaviour", "coherence", "behaviour x coherence")):
+        ax.set(title=title, xlabel="scale / typical residual norm", ylim=(0, 1))
+    axes[0].legend()
+    fig.suptitle(name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+ScoreFn = Callable[[list[str], str], np.ndarray]
+
+
+def compare_task(
+    model: HookedTransformer,
+    sae: Any,
+    hook_name: str,
+    task: Task,
+    effect_model: LinearEffectModel | None,
+    methods: Sequence[str] = METHODS,
+    cfg: CompareConfig | None = None,
+    estimator: Any = None,
+    baseline: torch.Tensor | None = None,
+    embedder: Any = None,
+    out_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Run every method on one task; return the JSON-ready record (plots into ``out_dir``)."""
+    from .evaluation import measure_vector
+    from .judges import CoherenceJudge, EmbeddingBehaviorJudge
+
+    cfg = cfg or CompareConfig()
+    vectors, feats = build_vectors(
+        model, sae, task, hook_name, effect_model, methods, cfg.n_features
+    )
+    total = sum(s for _, s in feats)
+    target = Target({f: s / total for f, s in feats})
+    norm = typical_norm(model, task.pos + task.neg, hook_name)
+    scales = [f * norm for f in cfg.norm_fractions]
+    bj = EmbeddingBehaviorJudge(task.pos, task.neg, task.score_criterion, embedder)
+    unsteered = sweep(
+        model, hook_name, torch.zeros(model.cfg.d_model), [0.0], cfg, seed_offset=999
+    )[0.0]
+    cj = CoherenceJudge(model, unsteered[: cfg.samples], prompt=cfg.prompts[0])
+
+    def judge(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        b, c = [], []
+        for pi, prompt in enumerate(cfg.prompts):
+            chunk = texts[pi * cfg.samples : (pi + 1) * cfg.samples]
+            b.append(bj.score(chunk, prompt))
+            c.append(cj.score(chunk, prompt))
+        return np.concatenate(b), np.concatenate(c)
+
+    record: dict[str, Any] = {
+        "features": [[f, s] for f, s in feats],
+        "typical_norm": norm,
+        "judge_auroc_loo": bj.validate()["auroc_loo"],
+    }
+    curves: dict[str, dict[str, list[float]]] = {}
+    for i, (method, v) in enumerate(vectors.items()):
+        gens = sweep(model, hook_name, v, scales, cfg, seed_offset=i)
+        beh, coh = {}, {}
+        for s, texts in gens.items():
+            beh[s], coh[s] = judge(texts)
+        sel = select_scale(beh, coh, seed=cfg.seed, bootstrap=cfg.bootstrap)
+        entry: dict[str, Any] = {
+            "score": sel.score, "ci": list(sel.ci), "best_scale": sel.best_scale,
+            "best_norm_fraction": sel.best_scale / norm if norm else 0.0,
+            "behavior": sel.behavior, "coherence": sel.coherence, "harmonic": sel.harmonic,
+            "in_sample_max": sel.in_sample_max, "in_sample_scale": sel.in_sample_scale,
+            "examples": gens[sel.best_scale][:3],
+        }  # fmt: skip
+        if estimator is not None:
+            m = measure_vector(
+                estimator,
+                v,
+                sel.best_scale,
+                target,
+                baseline=baseline,
+                effect_model=effect_model,
+                vector_id=2_000_000 + i,
+            )
+            entry.update(
+                {
+                    "target_effect": m.target_effect,
+                    "off_target_norm": m.off_target_norm,
+                    "target_share": m.target_share,
+                }
+            )
+        record[method] = entry
+        curves[method] = {**sel.curve, "norm_fraction": list(cfg.norm_fractions)}
+    record["curves"] = curves
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        plot_task(task.name, curves, out_dir / f"{Path(task.path).name or task.name}_sweep.png")
+    return record
+
+
+def markdown_table(results: dict[str, dict[str, Any]], methods: Sequence[str]) -> str:
+    """Tasks x methods: held-out score [95% CI] (in-sample max)."""
+    head = "| task | " + " | ".join(methods) + " |\n|---|" + "---|" * len(methods)
+    rows = [head]
+    for task, r in results.items():
+        cells = [
+            f"{r[m]['score']:.3f} [{r[m]['ci'][0]:.3f}, {r[m]['ci'][1]:.3f}] ({r[m]['in_sample_max']:.3f})"
+            for m in methods
+        ]
+        rows.append(f"| {task} | " + " | ".join(cells) + " |")
+    means = [float(np.mean([r[m]["score"] for r in results.values()])) for m in methods]
+    rows.append("| **mean** | " + " | ".join(f"**{x:.3f}**" for x in means) + " |")
+    return "\n".join(rows)
+
+
+def run_comparison(
+    task_dirs: Sequence[str | Path],
+    methods: Sequence[str] = METHODS,
+    budget: str = "quick",
+    seed: int = 0,
+    effect_model_path: str | Path | None = None,
+    out_dir: str | Path = "runs/compare",
+    json_path: str | Path | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """``sae-ts compare``: every task x method on the embedded model; JSON, table, plots."""
+    import time
+
+    from .effects import EffectConfig, EffectEstimator
+    from .models import load_default
+
+    t0 = time.time()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = CompareConfig.budget(budget, seed=seed)
+    model, sae, hook = load_default(device=device)
+    needs_model = any(m in ("sae_ts", "targeted") for m in methods)
+    em = None
+    if needs_model:
+        em = (
+            LinearEffectModel.load(effect_model_path)
+            if effect_model_path
+            else _fit_default_effect_model(model, sae, hook, out / "effect_model_work", seed)
+        )
+    est = EffectEstimator(
+        model, sae, config=EffectConfig(rollouts=1 if budget == "quick" else 4), seed=seed
+    )
+    baseline = est.baseline(progress=False)
+    from .judges import load_embedder
+
+    embedder = load_embedder(device)
+    results: dict[str, dict[str, Any]] = {}
+    for d in task_dirs:
+        task = load_task(d)
+        results[Path(d).name] = compare_task(
+            model, sae, hook, task, em, methods, cfg, est, baseline, embedder, out
+        )
+        print(
+            f"{Path(d).name}: "
+            + ", ".join(f"{m} {results[Path(d).name][m]['score']:.3f}" for m in methods),
+            flush=True,
+        )
+    table = markdown_table(results, methods)
+    (out / "table.md").write_text(table + "\n")
+    doc = {
+        "config": {**cfg.to_dict(), "budget": budget, "methods": list(methods), "tasks": [str(d) for d in task_dirs],
+                   "model": model.cfg.model_name, "hook": hook, "effect_model": str(effect_model_path) if effect_model_path else "estimated",
+                   "seconds": time.time() - t0},
+        **results,
+    }  # fmt: skip
+    if json_path:
+        Path(json_path).write_text(json.dumps(doc, indent=2))
+    print(table)
+    return doc
+
+
+def _fit_default_effect_model(
+    model: HookedTransformer, sae: Any, hook: str, work: Path, seed: int
+) -> LinearEffectModel:
+    """A small effect model with the demo's budget, cached in ``work`` (resumable)."""
+    from .demo import DemoBudget
+    from .effect_model import fit_ridge
+    from .effects import (
+        EffectConfig,
+        EffectEstimator,
+        calibrate_scales,
+        decoder_directions,
+        estimate_effects,
+        random_directions,
+        reference_texts,
+    )
+
+    path = work / "effect_model"
+    if path.with_suffix(".safetensors").exists():
+        return LinearEffectModel.load(path)
+    b = DemoBudget()
+    d = model.cfg.d_model
+    scale = float(
+        calibrate_scales(
+            model,
+            random_directions(6, d, seed=seed + 1),
+            hook,
+            0.5,
+            reference=reference_texts(1500),
+        ).median()
+    )
+    cands = torch.cat(
+        [
+            decoder_directions(sae, n=b.n_decoder, seed=seed),
+            random_directions(b.n_random, d, seed=seed),
+        ]
+    )
+    est = EffectEstimator(
+        model, sae, config=EffectConfig(rollouts=b.rollouts, seq_len=b.seq_len), seed=seed
+    )
+    ds = estimate_effects(est, cands, scale, out_dir=work, chunk_size=32)
+    em, rep = fit_ridge(ds, holdout=b.holdout, seed=seed)
+    print(f"effect model: {rep}")
+    em.save(path)
+    return em
+
+
+def _cmd(args: Any) -> int:
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    run_comparison(
+        args.task,
+        methods,
+        args.budget,
+        args.seed,
+        args.effect_model,
+        args.out_dir,
+        args.json,
+        args.device,
+    )
+    return 0
+
+
+def add_cli_commands(sub: Any) -> None:
+    """Register ``sae-ts compare``."""
+    p = sub.add_parser(
+        "compare",
+        help="compare steering methods on concept tasks (offline judges, held-out scale choice, CIs)",
+    )
+    p.add_argument(
+        "--task",
+        action="append",
+        required=True,
+        help="task directory (act_steer.json + criteria.json); repeatable",
+    )
+    p.add_argument(
+        "--methods", default=",".join(METHODS), help=f"comma-separated, from {','.join(METHODS)}"
+    )
+    p.add_argument("--json", default=None, help="write results here")
+    p.add_argument("--out-dir", default="runs/compare", help="plots, table.md, cached effect model")
+    p.add_argument("--budget", choices=["quick", "full"], default="quick")
+    p.add_argument(
+        "--effect-model", default=None, help="a fitted effect model (default: estimate a small one)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.set_defaults(func=_cmd)
