@@ -440,43 +440,12 @@ def _fit_default_effect_model(
     model: HookedTransformer, sae: Any, hook: str, work: Path, seed: int
 ) -> LinearEffectModel:
     """A small effect model with the demo's budget, cached in ``work`` (resumable)."""
-    from .demo import DemoBudget
-    from .effect_model import fit_ridge
-    from .effects import (
-        EffectConfig,
-        EffectEstimator,
-        calibrate_scales,
-        decoder_directions,
-        estimate_effects,
-        random_directions,
-        reference_texts,
-    )
+    from .demo import DemoBudget, estimate_and_fit
 
     path = work / "effect_model"
     if path.with_suffix(".safetensors").exists():
         return LinearEffectModel.load(path)
-    b = DemoBudget()
-    d = model.cfg.d_model
-    scale = float(
-        calibrate_scales(
-            model,
-            random_directions(6, d, seed=seed + 1),
-            hook,
-            0.5,
-            reference=reference_texts(1500),
-        ).median()
-    )
-    cands = torch.cat(
-        [
-            decoder_directions(sae, n=b.n_decoder, seed=seed),
-            random_directions(b.n_random, d, seed=seed),
-        ]
-    )
-    est = EffectEstimator(
-        model, sae, config=EffectConfig(rollouts=b.rollouts, seq_len=b.seq_len), seed=seed
-    )
-    ds = estimate_effects(est, cands, scale, out_dir=work, chunk_size=32)
-    em, rep = fit_ridge(ds, holdout=b.holdout, seed=seed)
+    em, rep, _, _ = estimate_and_fit(model, sae, hook, work, DemoBudget(), seed)
     print(f"effect model: {rep}")
     em.save(path)
     return em

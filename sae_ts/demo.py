@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformer_lens import HookedTransformer
 
 from .baselines import caa_vector, find_features, sae_latent_vector
-from .effect_model import fit_ridge
+from .effect_model import FitReport, LinearEffectModel, fit_ridge
 from .effects import (
     EffectConfig,
+    EffectDataset,
     EffectEstimator,
     calibrate_scales,
     decoder_directions,
@@ -86,29 +88,18 @@ def _table(rows: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(
-    out: str | Path = "runs/demo",
-    budget: DemoBudget | None = None,
-    seed: int = 0,
-    device: str = "cpu",
-) -> dict[str, Any]:
-    """Run the demo pipeline; return the table rows and generations."""
-    budget = budget or DemoBudget()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    model, sae, hook = load_default(device=device)
-    print(
-        f"[1/5] loaded {model.cfg.model_name} + SAE ({sae.cfg.d_sae} latents at {hook}) in {time.time() - t0:.0f}s"
-    )
+def estimate_and_fit(
+    model: HookedTransformer, sae: Any, hook: str, work: Path, budget: DemoBudget, seed: int
+) -> tuple[LinearEffectModel, FitReport, EffectDataset, float]:
+    """Estimate effects of decoder-row and random candidates at one calibrated scale; fit ridge.
 
+    The scale is the median of the per-vector scales at which 6 random unit vectors raise the LM
+    loss on the reference text by 0.5 nats. Chunks in ``work`` make the estimation resumable.
+    """
     d = model.cfg.d_model
     probe = random_directions(6, d, seed=seed + 1)
     scale = float(
         calibrate_scales(model, probe, hook, 0.5, reference=reference_texts(1500)).median()
-    )
-    print(
-        f"      scale: {scale:.1f} (median scale at which 6 random unit vectors add 0.5 nats of LM loss)"
     )
     cands = torch.cat(
         [
@@ -119,13 +110,52 @@ def run_demo(
     cands = cands[torch.randperm(cands.shape[0], generator=torch.Generator().manual_seed(seed))]
     cfg = EffectConfig(rollouts=budget.rollouts, seq_len=budget.seq_len)
     est = EffectEstimator(model, sae, config=cfg, seed=seed)
-    t1 = time.time()
-    ds = estimate_effects(est, cands, scale, out_dir=out / "effects", chunk_size=32)
-    ds.save(out / "effects" / "effects")
-    print(f"[2/5] estimated {len(ds)} effects in {time.time() - t1:.0f}s")
-
+    ds = estimate_effects(est, cands, scale, out_dir=work, chunk_size=32)
+    ds.save(work / "effects")
     em, rep = fit_ridge(ds, holdout=budget.holdout, seed=seed)
+    return em, rep, ds, scale
+
+
+def _samples(model: HookedTransformer, toks: torch.Tensor, seed: int, n_new: int = 24) -> list[str]:
+    g = torch.Generator().manual_seed(seed)
+    ids = generate(model, toks, n_new, temperature=1.0, top_k=50, top_p=0.3, generator=g)
+    return [str(model.to_string(r[1:])) for r in ids]
+
+
+def run_demo(
+    out: str | Path = "runs/demo",
+    budget: DemoBudget | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Run the demo pipeline; return the table rows and generations."""
+    budget = budget or DemoBudget()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    from .sae import DEFAULT_SAE_DIR
+
+    if not (DEFAULT_SAE_DIR / "sae_weights.safetensors").exists():
+        print(f"The embedded SAE is not in {DEFAULT_SAE_DIR} (build it with `sae-ts train-sae`);")
+        print(
+            "running the steering part of the demo only: CAA for the demo concept, steered vs unsteered."
+        )
+        return steering_only_demo(seed=seed, device=device)
+    t0 = time.time()
+    model, sae, hook = load_default(device=device)
+    print(
+        f"[1/5] loaded {model.cfg.model_name} + SAE ({sae.cfg.d_sae} latents at {hook}) in {time.time() - t0:.0f}s"
+    )
+
+    t1 = time.time()
+    em, rep, ds, scale = estimate_and_fit(model, sae, hook, out / "effects", budget, seed)
     em.save(out / "effect_model")
+    print(
+        f"      scale: {scale:.1f} (median scale at which 6 random unit vectors add 0.5 nats of LM loss)"
+    )
+    print(f"[2/5] estimated {len(ds)} effects in {time.time() - t1:.0f}s")
+    est = EffectEstimator(
+        model, sae, config=EffectConfig(rollouts=budget.rollouts, seq_len=budget.seq_len), seed=seed
+    )
     print(f"[3/5] {rep}")
 
     feats = find_features(model, sae, DEMO_POS, DEMO_NEG, hook, top=3)
@@ -144,16 +174,7 @@ def run_demo(
     rows: dict[str, dict[str, Any]] = {}
     gens: dict[str, list[str]] = {}
     toks = to_tokens(model, ["I think"] * 2)
-    ids = generate(
-        model,
-        toks,
-        24,
-        temperature=1.0,
-        top_k=50,
-        top_p=0.3,
-        generator=torch.Generator().manual_seed(seed),
-    )
-    gens["unsteered"] = [str(model.to_string(r[1:])) for r in ids]
+    gens["unsteered"] = _samples(model, toks, seed)
     for i, (name, v) in enumerate(vectors.items()):
         m = measure_vector(
             est,
@@ -170,16 +191,7 @@ def run_demo(
             v, hook, model.cfg.model_name, name, scale, target.to_dict(), sae=str(hook), seed=seed
         ).save(out / f"vector_{name}")
         with steer(model, v, hook, scale=scale):
-            ids = generate(
-                model,
-                toks,
-                24,
-                temperature=1.0,
-                top_k=50,
-                top_p=0.3,
-                generator=torch.Generator().manual_seed(seed),
-            )
-        gens[name] = [str(model.to_string(r[1:])) for r in ids]
+            gens[name] = _samples(model, toks, seed)
     print(f"[5/5] measured at scale {scale:.1f} ({budget.eval_rollouts} rollouts per prompt):\n")
     print(_table(rows))
     for name, texts in gens.items():
@@ -198,6 +210,32 @@ def run_demo(
     (out / "demo.json").write_text(json.dumps(result, indent=2))
     print(f"\nplot -> {out / 'demo.png'}; artefacts -> {out}/ ({time.time() - t0:.0f}s in all)")
     return result
+
+
+def steering_only_demo(
+    hook: str = "blocks.12.hook_resid_post", seed: int = 0, device: str = "cpu"
+) -> dict[str, Any]:
+    """Steered vs unsteered generations with a CAA vector; needs no SAE."""
+    from .models import load_default_model
+    from .sae import DEFAULT_SINK_RATIO
+
+    model = load_default_model(device=device)
+    v = caa_vector(model, DEMO_POS, DEMO_NEG, hook)
+    toks = to_tokens(model, ["I think"] * 2)
+    _, cache = model.run_with_cache(to_tokens(model, DEMO_NEG), names_filter=hook)
+    norms = cache[hook].norm(dim=-1)[:, 1:].flatten()
+    scale = float(norms[norms < DEFAULT_SINK_RATIO * norms.median()].median())
+    gens: dict[str, list[str]] = {}
+    for name, s in (("unsteered", 0.0), (f"caa x {scale:.0f}", scale)):
+        with steer(model, v, hook, scale=s):
+            ids = generate(
+                model, toks, 24, top_k=50, top_p=0.3, generator=torch.Generator().manual_seed(seed)
+            )
+        gens[name] = [str(model.to_string(r[1:])) for r in ids]
+        print(f"\n== {name}")
+        for t in gens[name]:
+            print("  " + t.replace("\n", " "))
+    return {"generations": gens, "scale": scale}
 
 
 def _plot(rows: dict[str, dict[str, Any]], path: Path) -> None:
