@@ -489,7 +489,9 @@ def load(
         )
     kwargs = {**(meta.model_from_pretrained_kwargs or {}), **model_kwargs}
     try:
-        model = HookedTransformer.from_pretrained_no_processing(
+        # As sae-lens does: the SAE's own model_from_pretrained_kwargs decide the weight
+        # processing, so activations match those the SAE was trained on.
+        model = HookedTransformer.from_pretrained(
             model_name, device=str(device), dtype=dtype, **kwargs
         )
     except Exception as e:
