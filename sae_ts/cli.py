@@ -14,7 +14,15 @@ from collections.abc import Sequence
 __all__ = ["build_parser", "main"]
 
 # Modules that contribute subcommands, in the order they appear in --help.
-_COMMAND_MODULES: tuple[str, ...] = ("sae_ts.demo",)
+_COMMAND_MODULES: tuple[str, ...] = (
+    "sae_ts.demo",
+    "sae_ts.commands",
+    "sae_ts.sae_training",
+    "sae_ts.sae",
+    "sae_ts.features",
+    "sae_ts.comparison",
+    "sae_ts.reliability_report",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -69,7 +69,9 @@ def measure_vector(
     )[0]
     effect = means - baseline
     stats = target_stats(effect, target)
-    m = Measurement(scale, effect, stats["target_effect"], stats["off_target_norm"], stats["target_share"])
+    m = Measurement(
+        scale, effect, stats["target_effect"], stats["off_target_norm"], stats["target_share"]
+    )
     if effect_model is not None:
         pred = effect_model.predict(unit)
         m.predicted = target_stats(pred, target)

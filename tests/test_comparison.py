@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from sae_ts.comparison import CompareConfig, compare_task, harmonic_mean, load_task, markdown_table, select_scale, sweep
+from sae_ts.comparison import (
+    CompareConfig,
+    compare_task,
+    harmonic_mean,
+    load_task,
+    markdown_table,
+    select_scale,
+    sweep,
+)
 from sae_ts.effect_model import LinearEffectModel
 from tests.test_effects import tiny_sae
 from tests.test_judges import CRITERION, NEG, POS
@@ -18,14 +26,16 @@ def write_task(tmp_path, pos=POS, neg=NEG):
     d = tmp_path / "beach"
     d.mkdir()
     (d / "act_steer.json").write_text(json.dumps({"pos": pos, "neg": neg}))
-    (d / "criteria.json").write_text(json.dumps([{"name": "Beach", "score": CRITERION, "coherence": "The text is coherent."}]))
+    (d / "criteria.json").write_text(
+        json.dumps([{"name": "Beach", "score": CRITERION, "coherence": "The text is coherent."}])
+    )
     return d
 
 
 def test_load_task_and_errors(tmp_path):
     t = load_task(write_task(tmp_path))
     assert t.name == "Beach" and len(t.pos) == 6 and t.score_criterion == CRITERION
-    with pytest.raises(FileNotFoundError, match="criteria.json"):
+    with pytest.raises(FileNotFoundError, match=r"criteria\.json"):
         (tmp_path / "beach" / "criteria.json").unlink()
         load_task(tmp_path / "beach")
     bad = tmp_path / "bad"
@@ -39,7 +49,11 @@ def test_load_task_and_errors(tmp_path):
 def test_select_scale_is_held_out_and_has_a_ci():
     rng = np.random.default_rng(0)
     n = 40
-    beh = {0.0: np.full(n, 0.1), 1.0: np.clip(0.6 + 0.1 * rng.standard_normal(n), 0, 1), 2.0: np.full(n, 0.9)}
+    beh = {
+        0.0: np.full(n, 0.1),
+        1.0: np.clip(0.6 + 0.1 * rng.standard_normal(n), 0, 1),
+        2.0: np.full(n, 0.9),
+    }
     coh = {0.0: np.full(n, 0.9), 1.0: np.full(n, 0.8), 2.0: np.full(n, 0.2)}
     sel = select_scale(beh, coh, seed=0, bootstrap=300)
     assert sel.best_scale == 1.0
@@ -70,7 +84,11 @@ def test_compare_task_end_to_end_on_a_tiny_model(tiny, tmp_path):
     rec = compare_task(tiny, sae, HOOK, task, em, cfg=cfg, out_dir=tmp_path / "out")
     for m in ("caa", "sae", "sae_ts", "targeted"):
         r = rec[m]
-        assert 0 <= r["score"] <= 1 and r["ci"][0] <= r["ci"][1] and r["best_scale"] in rec["curves"][m]["scale"]
+        assert (
+            0 <= r["score"] <= 1
+            and r["ci"][0] <= r["ci"][1]
+            and r["best_scale"] in rec["curves"][m]["scale"]
+        )
         assert len(r["examples"]) == 3
     assert len(rec["features"]) >= 1 and rec["judge_auroc_loo"] > 0.8
     assert (tmp_path / "out" / "beach_sweep.png").exists()

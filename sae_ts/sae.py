@@ -1,0 +1,456 @@
+"""The embedded SAE: loading, sink-aware encoding and splicing, and quality evaluation.
+
+sae-ts ships a TopK sparse autoencoder trained with sae-lens on ``blocks.12.hook_resid_post`` of
+the embedded SmolLM2-135M-Instruct (see :mod:`sae_ts.sae_training`). It is an ordinary sae-lens
+SAE directory (``cfg.json`` + ``sae_weights.safetensors``), stored in fp16 and loaded in fp32.
+
+Attention sinks. Position 0 and a few delimiter tokens carry residual norms ~100× the median;
+the SAE never saw them in training. :func:`sink_positions` marks them (position 0, and norms above
+``sink_ratio`` × a reference median norm recorded in the SAE's metadata), :func:`encode` zeroes
+their feature activations and :func:`reconstruct_with_passthrough` returns the original activation
+there, so splicing the SAE into the model leaves sinks untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from sae_lens import SAE
+
+__all__ = [
+    "DEFAULT_SAE_DIR",
+    "SAEEvalResult",
+    "add_cli_commands",
+    "check_compatible",
+    "encode",
+    "evaluate_sae",
+    "load_default_sae",
+    "load_sae",
+    "make_windows",
+    "reconstruct_with_passthrough",
+    "reconstruction_stats",
+    "sink_positions",
+    "splice_hook",
+]
+
+DEFAULT_SAE_DIR: Path = Path(__file__).resolve().parent / "assets" / "smollm2-135m-res12-topk"
+DEFAULT_SINK_RATIO = 7.0
+_SAE_FILES = ("cfg.json", "sae_weights.safetensors")
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+
+
+def _check_sae_dir(path: Path) -> None:
+    if not path.is_dir():
+        raise FileNotFoundError(f"no SAE directory at {path}")
+    missing = [f for f in _SAE_FILES if not (path / f).exists()]
+    if missing:
+        raise FileNotFoundError(f"SAE directory {path} lacks {', '.join(missing)}")
+    try:
+        json.loads((path / "cfg.json").read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"corrupt SAE config {path / 'cfg.json'}: {e}") from e
+
+
+def load_sae(
+    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> SAE[Any]:
+    """Load a sae-lens SAE directory (``cfg.json`` + ``sae_weights.safetensors``) in ``dtype``."""
+    p = Path(path)
+    _check_sae_dir(p)
+    try:
+        sae = SAE.load_from_disk(
+            str(p), device=str(device), dtype=str(dtype).removeprefix("torch.")
+        )
+    except Exception as e:  # sae-lens raises assorted errors for corrupt weight files
+        raise ValueError(f"cannot load the SAE in {p}: {type(e).__name__}: {e}") from e
+    sae.eval()
+    for name, param in sae.named_parameters():
+        if not torch.isfinite(param).all():
+            raise ValueError(f"SAE in {p}: parameter {name!r} contains NaN or inf")
+    return sae
+
+
+def load_default_sae(
+    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> SAE[Any]:
+    """The SAE shipped with sae-ts for the embedded model (``blocks.12.hook_resid_post``)."""
+    if not (DEFAULT_SAE_DIR / "sae_weights.safetensors").exists():
+        raise FileNotFoundError(
+            f"the embedded SAE is missing from {DEFAULT_SAE_DIR}; reinstall sae-ts or rebuild it "
+            "with `sae-ts train-sae`"
+        )
+    return load_sae(DEFAULT_SAE_DIR, device=device, dtype=dtype)
+
+
+def check_compatible(model: Any, sae: SAE[Any]) -> str:
+    """Check that ``sae`` reads a hook of ``model`` with the right width; return the hook name."""
+    hook = sae.cfg.metadata.hook_name
+    if not hook:
+        raise ValueError("the SAE's metadata names no hook_name")
+    if hook not in model.hook_dict:
+        raise ValueError(f"the model has no hook {hook!r} (the SAE's hook)")
+    if sae.cfg.d_in != model.cfg.d_model and "resid" in hook:
+        raise ValueError(
+            f"d_in mismatch: SAE d_in={sae.cfg.d_in}, model d_model={model.cfg.d_model}"
+        )
+    return str(hook)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sink-aware use
+
+
+def _sink_ratio(sae: SAE[Any], sink_ratio: float | None) -> float:
+    if sink_ratio is not None:
+        if not sink_ratio > 0:
+            raise ValueError(f"sink_ratio must be positive, got {sink_ratio}")
+        return float(sink_ratio)
+    return float(sae.cfg.metadata.get("sink_ratio", DEFAULT_SINK_RATIO))
+
+
+def sink_positions(
+    sae: SAE[Any], acts: torch.Tensor, sink_ratio: float | None = None
+) -> torch.Tensor:
+    """Boolean mask over ``acts.shape[:-1]``: True at attention-sink positions.
+
+    A position is a sink if its norm exceeds ``sink_ratio`` × the reference median norm in the
+    SAE's metadata (``sink_reference_norm``; the batch median if absent), or, for ``[batch, pos,
+    d]`` input, if it is position 0. ``sink_ratio=None`` uses the ratio recorded in the metadata.
+    """
+    if acts.ndim < 2:
+        raise ValueError(f"expected activations [..., d], got shape {tuple(acts.shape)}")
+    if acts.shape[-1] != sae.cfg.d_in:
+        raise ValueError(
+            f"d_in mismatch: activations have d={acts.shape[-1]}, SAE d_in={sae.cfg.d_in}"
+        )
+    ratio = _sink_ratio(sae, sink_ratio)
+    norms = acts.detach().float().norm(dim=-1)
+    ref = sae.cfg.metadata.get("sink_reference_norm")
+    ref_t = torch.tensor(float(ref)) if ref else norms.median()
+    mask = norms > ratio * ref_t
+    if acts.ndim == 3:
+        mask[:, 0] = True
+    return mask
+
+
+def encode(sae: SAE[Any], acts: torch.Tensor, sink_ratio: float | None = None) -> torch.Tensor:
+    """Feature activations ``[..., d_sae]`` of ``acts`` ``[..., d_in]``, zero at sink positions."""
+    mask = sink_positions(sae, acts, sink_ratio)
+    feats = sae.encode(acts.to(sae.W_enc.dtype))
+    return feats.masked_fill(mask.unsqueeze(-1), 0.0)
+
+
+def reconstruct_with_passthrough(
+    sae: SAE[Any], acts: torch.Tensor, sink_ratio: float | None = None
+) -> torch.Tensor:
+    """SAE reconstruction of ``acts``, with the original activation kept at sink positions."""
+    mask = sink_positions(sae, acts, sink_ratio)
+    recon = sae.decode(sae.encode(acts.to(sae.W_enc.dtype))).to(acts.dtype)
+    return torch.where(mask.unsqueeze(-1), acts, recon)
+
+
+def splice_hook(
+    sae: SAE[Any], sink_ratio: float | None = None
+) -> Callable[[torch.Tensor, Any], torch.Tensor]:
+    """A TransformerLens hook that replaces the activation by its reconstruction (sinks kept)."""
+
+    def hook(acts: torch.Tensor, hook: Any) -> torch.Tensor:
+        return reconstruct_with_passthrough(sae, acts, sink_ratio)
+
+    return hook
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def make_windows(
+    tokenizer: Any, texts: Sequence[str], context_size: int, bos_id: int, separator: str = "\n\n"
+) -> torch.Tensor:
+    """Tokenise ``texts``, join them with ``separator`` and cut into ``[n, context_size]`` windows.
+
+    Every window starts with ``bos_id``; the last, incomplete window is dropped (a single window
+    is padded by repetition-free truncation only when the text is long enough, else empty).
+    """
+    if context_size < 2:
+        raise ValueError(f"context_size must be >= 2, got {context_size}")
+    sep = tokenizer(separator, add_special_tokens=False)["input_ids"]
+    stream: list[int] = []
+    for text in texts:
+        stream.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+        stream.extend(sep)
+    body = context_size - 1
+    n = len(stream) // body
+    if n == 0:
+        return torch.empty((0, context_size), dtype=torch.int64)
+    toks = torch.tensor(stream[: n * body], dtype=torch.int64).view(n, body)
+    return torch.cat([torch.full((n, 1), bos_id, dtype=torch.int64), toks], dim=1)
+
+
+@dataclass
+class SAEEvalResult:
+    """Quality figures of an SAE on some text (sink positions excluded everywhere)."""
+
+    n_tokens: int
+    n_sinks: int
+    explained_variance: float
+    mse: float
+    l0: float
+    dead_fraction: float
+    n_dead: int
+    d_sae: int
+    ce_clean: float | None = None
+    ce_sae: float | None = None
+    ce_mean_ablated: float | None = None
+    ce_recovered: float | None = None
+    mean_activation: list[float] = field(default_factory=list, repr=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The figures as a plain dict (without the mean activation vector)."""
+        d = asdict(self)
+        d.pop("mean_activation")
+        return d
+
+
+def reconstruction_stats(sae: SAE[Any], batches: Iterable[torch.Tensor]) -> SAEEvalResult:
+    """Explained variance, MSE, L0 and dead fraction over batches of non-sink activations ``[n, d]``.
+
+    For activations already cached with sinks removed (e.g. by ``sae-ts train-sae``); CE fields
+    are left empty.
+    """
+    d_sae = sae.cfg.d_sae
+    fired = torch.zeros(d_sae, dtype=torch.bool)
+    sq_err = 0.0
+    n_tok = 0
+    l0_sum = 0.0
+    act_sum = torch.zeros(sae.cfg.d_in, dtype=torch.float64)
+    act_sq = 0.0
+    with torch.inference_mode():
+        for x in batches:
+            if x.ndim != 2 or x.shape[1] != sae.cfg.d_in:
+                raise ValueError(f"expected activations [n, {sae.cfg.d_in}], got {tuple(x.shape)}")
+            x = x.float()
+            feats = sae.encode(x.to(sae.W_enc.dtype))
+            recon = sae.decode(feats).float()
+            sq_err += float((recon - x).pow(2).sum())
+            act_sum += x.double().sum(0).cpu()
+            act_sq += float(x.double().pow(2).sum())
+            fired |= (feats > 0).any(0).cpu()
+            l0_sum += float((feats > 0).sum())
+            n_tok += x.shape[0]
+    if n_tok == 0:
+        raise ValueError("no (non-sink) activations to evaluate")
+    mean = act_sum / n_tok
+    total_var = act_sq - n_tok * float(mean.pow(2).sum())
+    return SAEEvalResult(
+        n_tokens=n_tok,
+        n_sinks=0,
+        explained_variance=1.0 - sq_err / total_var,
+        mse=sq_err / (n_tok * sae.cfg.d_in),
+        l0=l0_sum / n_tok,
+        dead_fraction=float((~fired).float().mean()),
+        n_dead=int((~fired).sum()),
+        d_sae=d_sae,
+        mean_activation=mean.tolist(),
+    )
+
+
+def _ce_per_token(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    return -logp.gather(-1, tokens[:, 1:, None]).squeeze(-1)
+
+
+def evaluate_sae(
+    model: Any,
+    sae: SAE[Any],
+    texts: Sequence[str] | None = None,
+    *,
+    windows: torch.Tensor | None = None,
+    context_size: int = 128,
+    max_tokens: int = 50_000,
+    batch_size: int = 8,
+    sink_ratio: float | None = None,
+    compute_ce: bool = True,
+    ce_max_tokens: int | None = None,
+    progress: bool = False,
+) -> SAEEvalResult:
+    """Explained variance, CE-loss recovered, L0 and dead fraction of ``sae`` on ``texts``.
+
+    Texts are packed into windows of ``context_size`` tokens that start with the document-start
+    token (or pass ``windows`` directly). Sink positions are excluded from every figure, and kept
+    unchanged when the reconstruction is spliced in. Explained variance is ``1 - Σ‖x - x̂‖² /
+    Σ‖x - x̄‖²`` over all non-sink tokens. CE-loss recovered is ``(CE_ablate - CE_sae) / (CE_ablate
+    - CE_clean)`` where ablation replaces non-sink activations by their mean over the evaluated
+    tokens. A latent is dead if it never fires on the evaluated tokens. CE is computed on the
+    first ``ce_max_tokens`` tokens (all if None).
+    """
+    from tqdm.auto import tqdm
+
+    hook = check_compatible(model, sae)
+    layer = _hook_layer(hook)
+    if windows is None:
+        if not texts:
+            raise ValueError("no texts to evaluate on")
+        bos = model.tokenizer.bos_token_id
+        windows = make_windows(model.tokenizer, list(texts), context_size, int(bos))
+        if windows.shape[0] == 0:
+            raise ValueError(f"the texts hold fewer than {context_size} tokens")
+    if windows.ndim != 2:
+        raise ValueError(f"windows must be [n, context], got {tuple(windows.shape)}")
+    n_win = max(1, min(windows.shape[0], math.ceil(max_tokens / windows.shape[1])))
+    windows = windows[:n_win]
+    device = next(model.parameters()).device
+    n_sink = 0
+
+    def non_sink_acts() -> Iterator[torch.Tensor]:
+        # Pass 1: reconstruction statistics (the forward pass stops at the SAE layer).
+        nonlocal n_sink
+        for b in tqdm(
+            range(0, n_win, batch_size), desc="SAE eval: reconstruction", disable=not progress
+        ):
+            toks = windows[b : b + batch_size].to(device)
+            _, cache = model.run_with_cache(toks, names_filter=hook, stop_at_layer=layer + 1)
+            acts = cache[hook].float()
+            mask = sink_positions(sae, acts, sink_ratio)
+            n_sink += int(mask.sum())
+            yield acts[~mask]
+
+    with torch.inference_mode():
+        result = reconstruction_stats(sae, non_sink_acts())
+    result.n_sinks = n_sink
+    mean = torch.tensor(result.mean_activation, dtype=torch.float64)
+    if not compute_ce:
+        return result
+    # Pass 2: CE loss clean / spliced / mean-ablated (full forward passes).
+    mean_act = mean.to(device=device, dtype=torch.float32)
+
+    def ablate(acts: torch.Tensor, hook: Any) -> torch.Tensor:
+        mask = sink_positions(sae, acts, sink_ratio)
+        return torch.where(mask.unsqueeze(-1), acts, mean_act.to(acts.dtype).expand_as(acts))
+
+    ce_n = n_win if ce_max_tokens is None else max(1, min(n_win, ce_max_tokens // windows.shape[1]))
+    totals = {"clean": 0.0, "sae": 0.0, "ablated": 0.0}
+    count = 0
+    with torch.inference_mode():
+        for b in tqdm(range(0, ce_n, batch_size), desc="SAE eval: CE loss", disable=not progress):
+            toks = windows[b : min(b + batch_size, ce_n)].to(device)
+            for name, hooks in (
+                ("clean", []),
+                ("sae", [(hook, splice_hook(sae, sink_ratio))]),
+                ("ablated", [(hook, ablate)]),
+            ):
+                logits = model.run_with_hooks(toks, fwd_hooks=hooks, return_type="logits")
+                totals[name] += float(_ce_per_token(logits, toks).sum())
+            count += toks.shape[0] * (toks.shape[1] - 1)
+    ce = {k: v / count for k, v in totals.items()}
+    result.ce_clean, result.ce_sae, result.ce_mean_ablated = ce["clean"], ce["sae"], ce["ablated"]
+    denom = ce["ablated"] - ce["clean"]
+    result.ce_recovered = (ce["ablated"] - ce["sae"]) / denom if denom > 0 else float("nan")
+    return result
+
+
+def _hook_layer(hook: str) -> int:
+    parts = hook.split(".")
+    if len(parts) < 3 or parts[0] != "blocks" or not parts[1].isdigit():
+        raise ValueError(f"cannot tell the layer of hook {hook!r} (expected blocks.L.*)")
+    return int(parts[1])
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+
+
+def _eval_texts(name: str, n_docs: int | None) -> list[str]:
+    """Texts for ``sae-eval``: a corpus split name (``heldout``, ``ood``) or a text file."""
+    if name in ("heldout", "ood", "train"):
+        from .sae_training import build_corpus
+
+        texts = build_corpus()[name]
+    else:
+        p = Path(name)
+        if not p.exists():
+            raise FileNotFoundError(f"no text file {p} (and not a split: heldout, ood, train)")
+        texts = [t for t in p.read_text(encoding="utf-8").split("\n\n") if t.strip()]
+    return texts[:n_docs] if n_docs else texts
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .models import load_default_model, load_hf_model  # noqa: F401
+
+    torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.release:
+        if not args.sae_id:
+            raise ValueError("--release needs --sae-id")
+        sae: SAE[Any] = SAE.from_pretrained(args.release, args.sae_id, device=args.device)
+    elif args.sae:
+        sae = load_sae(args.sae, device=args.device)
+    else:
+        sae = load_default_sae(device=args.device)
+    if args.model:
+        from transformer_lens import HookedTransformer
+
+        model = HookedTransformer.from_pretrained(args.model, device=args.device)
+    else:
+        model = load_default_model(device=args.device)
+    rows = []
+    for split in args.texts:
+        res = evaluate_sae(
+            model, sae, _eval_texts(split, args.max_docs), context_size=args.context_size,
+            max_tokens=args.max_tokens, batch_size=args.batch_size, sink_ratio=args.sink_ratio,
+            compute_ce=not args.no_ce, ce_max_tokens=args.ce_max_tokens, progress=True,
+        )  # fmt: skip
+        rows.append({"texts": split, **res.as_dict()})
+        ce = f"{res.ce_recovered:.3f}" if res.ce_recovered is not None else "-"
+        print(
+            f"{split:>10}: tokens={res.n_tokens} EV={res.explained_variance:.3f} "
+            f"CE_recovered={ce} L0={res.l0:.1f} dead={res.dead_fraction:.3f} "
+            f"({res.n_dead}/{res.d_sae})"
+        )
+    if args.json:
+        from .artifacts import write_json_atomic
+
+        write_json_atomic(Path(args.json), {"hook": sae.cfg.metadata.hook_name, "results": rows})
+    return 0
+
+
+def add_cli_commands(subparsers: Any) -> None:
+    """Add ``sae-eval`` to the ``sae-ts`` command line."""
+    p = subparsers.add_parser(
+        "sae-eval",
+        help="explained variance, CE-loss recovered, L0 and dead fraction of an SAE",
+        description="Evaluate an SAE on held-out text: the embedded SAE by default, an SAE "
+        "directory (--sae), or a sae-lens release (--release/--sae-id) with a TransformerLens "
+        "model (--model).",
+    )
+    p.add_argument("--sae", help="a sae-lens SAE directory (default: the embedded SAE)")
+    p.add_argument("--release", help="a sae-lens pretrained release (hub users)")
+    p.add_argument("--sae-id", help="the SAE id within --release")
+    p.add_argument("--model", help="a TransformerLens model name (default: the embedded model)")
+    p.add_argument(
+        "--texts", nargs="+", default=["heldout", "ood"],
+        help="corpus splits (heldout, ood) or text files with blank-line separated documents",
+    )  # fmt: skip
+    p.add_argument("--max-docs", type=int, default=None)
+    p.add_argument("--max-tokens", type=int, default=50_000)
+    p.add_argument("--ce-max-tokens", type=int, default=20_000)
+    p.add_argument("--context-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--sink-ratio", type=float, default=None)
+    p.add_argument("--no-ce", action="store_true", help="skip the (slower) CE-loss figures")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    p.set_defaults(func=_cmd_eval)

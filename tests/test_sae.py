@@ -1,0 +1,363 @@
+"""The embedded SAE: sink-aware encoding/splicing, evaluation, loading, and the training pipeline."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from sae_lens import SAE, StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
+from sae_lens.saes.sae import SAEMetadata
+from safetensors.torch import load_file, save_file
+
+from sae_ts import sae as sae_mod
+from sae_ts.sae import (
+    DEFAULT_SAE_DIR,
+    encode,
+    evaluate_sae,
+    load_default_sae,
+    load_sae,
+    make_windows,
+    reconstruct_with_passthrough,
+    sink_positions,
+)
+from sae_ts.sae_training import (
+    ActivationCache,
+    CachedActivationBatches,
+    TrainConfig,
+    cache_activations,
+    export_sae,
+    train_sae,
+)
+
+HOOK = "blocks.1.hook_resid_post"
+TEXT = (
+    "The river flows through the valley and reaches the sea after many miles. Farmers grow wheat "
+    "and barley on its banks, and in spring the water rises over the fields. "
+) * 6
+
+
+def _meta(**extra: object) -> SAEMetadata:
+    return SAEMetadata(hook_name=HOOK, model_name="tiny", **extra)
+
+
+def tiny_topk(seed: int = 0, d_in: int = 64, **extra: object) -> TopKSAE:
+    torch.manual_seed(seed)
+    return TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=128, k=8, metadata=_meta(**extra))).eval()
+
+
+def identity_sae(d_in: int = 64) -> StandardSAE:
+    """A ReLU SAE that reconstructs exactly: latents relu(x), relu(-x)."""
+    sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=2 * d_in, metadata=_meta())).eval()
+    eye = torch.eye(d_in)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
+        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae
+
+
+# ---------------------------------------------------------------------------------------------
+# Sinks, encoding and splicing
+
+
+def test_sink_positions_marks_position_zero_and_norm_outliers() -> None:
+    sae = tiny_topk()
+    acts = torch.randn(2, 10, 64)
+    acts[1, 4] *= 100.0
+    mask = sink_positions(sae, acts)
+    assert mask[:, 0].all()
+    assert mask[1, 4]
+    assert int(mask.sum()) == 3
+    # Flattened [n, d] input: only the norm rule applies.
+    flat = sink_positions(sae, acts.reshape(20, 64))
+    assert flat.tolist() == (mask.reshape(20) & (acts.reshape(20, 64).norm(dim=-1) > 50)).tolist()
+
+
+def test_sink_reference_norm_from_metadata_is_used() -> None:
+    acts = torch.randn(1, 6, 64)
+    acts[0, 3] = acts[0, 3] / acts[0, 3].norm() * 100.0  # norm 100, batch median ~8
+    assert sink_positions(tiny_topk(), acts)[0, 3]
+    # With a reference norm of 20 (threshold 140) the same position is not a sink.
+    assert not sink_positions(tiny_topk(sink_reference_norm=20.0), acts)[0, 3]
+    assert sink_positions(tiny_topk(sink_reference_norm=20.0), acts, sink_ratio=2.0)[0, 3]
+
+
+def test_encode_zeroes_sinks_and_matches_sae_elsewhere() -> None:
+    sae = tiny_topk()
+    acts = torch.randn(2, 8, 64)
+    acts[0, 5] *= 50.0
+    feats = encode(sae, acts)
+    assert feats.shape == (2, 8, 128)
+    assert (feats[:, 0] == 0).all() and (feats[0, 5] == 0).all()
+    ref = sae.encode(acts)
+    keep = ~sink_positions(sae, acts)
+    assert torch.equal(feats[keep], ref[keep])
+    n_on = (feats[keep] > 0).sum(-1)
+    assert (n_on <= 8).all() and n_on.float().mean() > 4  # TopK k=8 off the sinks
+
+
+def test_reconstruct_with_passthrough_keeps_sinks_exactly() -> None:
+    sae = tiny_topk()
+    acts = torch.randn(3, 7, 64)
+    acts[2, 3] *= 80.0
+    out = reconstruct_with_passthrough(sae, acts)
+    mask = sink_positions(sae, acts)
+    assert torch.equal(out[mask], acts[mask])
+    recon = sae.decode(sae.encode(acts))
+    assert torch.allclose(out[~mask], recon[~mask])
+    assert not torch.allclose(out[~mask], acts[~mask])
+
+
+def test_bad_shapes_are_rejected() -> None:
+    sae = tiny_topk()
+    with pytest.raises(ValueError, match="d_in mismatch"):
+        encode(sae, torch.randn(2, 5, 32))
+    with pytest.raises(ValueError, match="expected activations"):
+        sink_positions(sae, torch.randn(64))
+    with pytest.raises(ValueError, match="sink_ratio"):
+        encode(sae, torch.randn(2, 5, 64), sink_ratio=-1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def test_evaluate_identity_sae_is_perfect(tiny) -> None:
+    res = evaluate_sae(tiny, identity_sae(), [TEXT], context_size=32, max_tokens=128)
+    assert res.n_tokens + res.n_sinks == 4 * 32 and res.n_sinks >= 4  # position 0 excluded
+    assert res.explained_variance == pytest.approx(1.0, abs=1e-5)
+    assert res.ce_sae == pytest.approx(res.ce_clean, abs=1e-4)
+    # (A random model's CE is not worse under mean ablation, so "recovered" is undefined here;
+    # the real-model test below checks it.)
+    assert res.ce_mean_ablated is not None and res.ce_mean_ablated != res.ce_clean
+    assert res.dead_fraction == 0.0
+    assert 20 < res.l0 < 128
+
+
+def test_evaluate_random_sae_is_poor(tiny) -> None:
+    res = evaluate_sae(tiny, tiny_topk(), [TEXT], context_size=32, max_tokens=256)
+    assert res.explained_variance < 0.5
+    assert 4 < res.l0 <= 8.0
+    assert res.ce_sae is not None and abs(res.ce_sae - res.ce_clean) > 1e-3
+    assert 0.0 <= res.dead_fraction < 1.0
+
+
+def test_evaluate_rejects_incompatible_pairs(tiny) -> None:
+    with pytest.raises(ValueError, match="d_in mismatch"):
+        evaluate_sae(tiny, tiny_topk(d_in=32), [TEXT])
+    sae = tiny_topk()
+    sae.cfg.metadata.hook_name = "blocks.9.hook_resid_post"
+    with pytest.raises(ValueError, match="no hook"):
+        evaluate_sae(tiny, sae, [TEXT])
+    with pytest.raises(ValueError, match="fewer than"):
+        evaluate_sae(tiny, tiny_topk(), ["short"], context_size=64)
+
+
+def test_make_windows_starts_with_bos(tiny) -> None:
+    w = make_windows(tiny.tokenizer, [TEXT, TEXT], 16, 0)
+    assert w.shape[1] == 16 and w.shape[0] > 4
+    assert (w[:, 0] == 0).all() and (w[:, 1:] != 0).all()
+    with pytest.raises(ValueError):
+        make_windows(tiny.tokenizer, [TEXT], 1, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def test_load_sae_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        load_sae(tmp_path / "nothing")
+    d = tmp_path / "sae"
+    tiny_topk().save_model(d)
+    assert load_sae(d).cfg.d_sae == 128
+    (d / "cfg.json").write_text("{not json")
+    with pytest.raises(ValueError, match="corrupt SAE config"):
+        load_sae(d)
+    tiny_topk().save_model(d)
+    (d / "sae_weights.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="cannot load"):
+        load_sae(d)
+
+
+def test_missing_default_sae_is_a_clear_error(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(sae_mod, "DEFAULT_SAE_DIR", tmp_path / "gone")
+    with pytest.raises(FileNotFoundError, match="train-sae"):
+        sae_mod.load_default_sae()
+
+
+def test_shipped_sae_is_a_genuine_sae_lens_sae() -> None:
+    assert DEFAULT_SAE_DIR.is_relative_to(Path(sae_mod.__file__).parent)
+    size = sum(p.stat().st_size for p in DEFAULT_SAE_DIR.iterdir())
+    assert size <= 20 * 2**20
+    raw = load_file(str(DEFAULT_SAE_DIR / "sae_weights.safetensors"))
+    assert all(t.dtype == torch.float16 for t in raw.values())
+    sae = load_default_sae()
+    assert isinstance(sae, SAE)
+    assert sae.W_enc.dtype == torch.float32
+    md = sae.cfg.metadata
+    assert md.hook_name == "blocks.12.hook_resid_post"
+    assert md.model_name == "SmolLM2-135M-Instruct"
+    assert md.sink_ratio == 7.0 and md.sink_reference_norm > 50
+    assert sae.cfg.d_in == 576 and sae.cfg.d_sae >= 4096
+    assert 20 <= sae.cfg.k <= 64
+    # The same directory loads with plain sae-lens, in fp32 by default.
+    plain = SAE.load_from_disk(str(DEFAULT_SAE_DIR))
+    assert plain.W_dec.dtype == torch.float32
+    assert torch.equal(plain.W_dec, sae.W_dec)
+    # Decoder rows are unit norm (folded), and the training record holds the quality figures.
+    assert torch.allclose(sae.W_dec.norm(dim=-1), torch.ones(sae.cfg.d_sae), atol=2e-3)
+    record = json.loads((DEFAULT_SAE_DIR / "sae_ts_training.json").read_text())
+    assert record["evaluation"]["heldout"]["explained_variance"] >= 0.8
+    sources = {s["name"]: s for s in record["corpus"]["sources"]}
+    assert sources["kjv"]["role"] == "ood" and sources["wiki"]["role"] == "train"
+
+
+@pytest.mark.slow
+def test_shipped_sae_quality_on_unseen_text(real_model) -> None:
+    """A small spot check of the quality bar on text from neither corpus."""
+    sae = load_default_sae()
+    text = (
+        "The small town sits at the edge of a forest. Every autumn the leaves turn red and gold, "
+        "and visitors come from the city to walk along the old paths. The bakery on the main "
+        "street sells bread, cakes and coffee, and the children walk to school past the church. "
+        "In winter the lake freezes and people skate on it until the ice melts in March. The "
+        "local council meets once a month to discuss roads, taxes and the new library, which "
+        "opened last year with a collection of ten thousand books and a room for computers. "
+    )
+    res = evaluate_sae(real_model, sae, [text, text.upper(), text], context_size=64, max_tokens=384)
+    assert res.explained_variance > 0.6
+    assert res.ce_recovered is not None and res.ce_recovered > 0.85
+    assert 20 <= res.l0 <= 64
+
+
+# ---------------------------------------------------------------------------------------------
+# Training pipeline (tiny model, tiny SAE)
+
+
+def test_cached_batches_are_seeded_and_resumable() -> None:
+    acts = torch.randn(100, 8).half()
+    a = CachedActivationBatches(acts, 16, seed=3)
+    seq = [next(a) for _ in range(14)]  # crosses an epoch boundary (6 steps per epoch)
+    b = CachedActivationBatches(acts, 16, seed=3, start_step=9)
+    assert all(torch.equal(seq[9 + i], next(b)) for i in range(5))
+    c = CachedActivationBatches(acts, 16, seed=4)
+    assert not torch.equal(seq[0], next(c))
+    assert seq[0].dtype == torch.float32
+    # Epoch 0 visits distinct rows.
+    rows = torch.cat(seq[:6])
+    assert torch.unique(rows, dim=0).shape[0] == 96
+    with pytest.raises(ValueError):
+        CachedActivationBatches(acts, 200, seed=0)
+
+
+def _windows(tiny, n: int = 24) -> torch.Tensor:
+    w = make_windows(tiny.tokenizer, [TEXT] * 5, 32, 0)[:n]
+    assert w.shape[0] == n
+    return w
+
+
+def test_cache_activations_resumes_and_drops_sinks(tiny, tmp_path: Path) -> None:
+    win = _windows(tiny)
+    out = tmp_path / "acts"
+    cache = cache_activations(
+        tiny, win, out, HOOK, 1, batch_size=4, chunk_windows=10, progress=False
+    )
+    paths = cache.chunk_paths()
+    assert len(paths) == 3
+    data = cache.load_all()
+    assert (data["pos"] > 0).all()  # position 0 never cached
+    assert data["acts"].dtype == torch.float16
+    _, ref = tiny.run_with_cache(win[:4], names_filter=HOOK)
+    i = int((data["seq"] == 2).nonzero()[0])
+    assert torch.allclose(data["acts"][i].float(), ref[HOOK][2, int(data["pos"][i])], atol=1e-2)
+    # Delete one chunk: a rerun recomputes only that one, identically.
+    before = load_file(str(paths[1]))
+    paths[1].unlink()
+    mtime0 = paths[0].stat().st_mtime_ns
+    cache_activations(tiny, win, out, HOOK, 1, batch_size=4, chunk_windows=10, progress=False)
+    assert paths[0].stat().st_mtime_ns == mtime0
+    assert torch.equal(load_file(str(paths[1]))["acts"], before["acts"])
+    # A prefix of whole chunks reuses the cache; other text is refused.
+    small = cache_activations(tiny, win[:10], out, HOOK, 1, chunk_windows=10, progress=False)
+    assert len(small.chunk_paths()) == 1
+    with pytest.raises(ValueError, match="different text"):
+        cache_activations(tiny, win.flip(0), out, HOOK, 1, chunk_windows=10, progress=False)
+
+
+def test_train_export_and_resume_reproduce(tiny, tmp_path: Path) -> None:
+    # Sparse data: each row a positive mix of 4 of 96 random directions, plus a mean.
+    g = torch.Generator().manual_seed(0)
+    atoms = torch.randn(96, 64, generator=g)
+    coef = torch.zeros(2048, 96)
+    idx = torch.stack([torch.randperm(96, generator=g)[:4] for _ in range(2048)])
+    coef.scatter_(1, idx, torch.rand(2048, 4, generator=g) * 2 + 0.5)
+    acts = coef @ atoms + torch.randn(64, generator=g) * 3
+    root = tmp_path / "train"
+    root.mkdir()
+    save_file(
+        {"acts": acts.half(), "seq": torch.zeros(2048, dtype=torch.int32),
+         "pos": torch.ones(2048, dtype=torch.int32)},
+        str(root / "chunk_00000.safetensors"),
+    )  # fmt: skip
+    (root / "meta.json").write_text(json.dumps({"n_chunks": 1, "n_windows": 1}))
+    cfg = TrainConfig(
+        d_sae=128, k=8, batch_size=128, epochs=3, lr=2e-3, warmup_steps=2, n_checkpoints=2,
+        dead_feature_window=5, feature_sampling_window=10, threads=1,
+    )  # fmt: skip
+    md = {"model_name": "tiny", "hook_name": HOOK, "sink_ratio": 7.0}
+    sae1, stats = train_sae(cfg, ActivationCache(root), tmp_path / "ck", md, progress=False)
+    assert stats["steps"] == 48
+    ckpts = sorted((tmp_path / "ck").iterdir(), key=lambda p: int(p.name))
+    assert len(ckpts) == 2
+    state1 = {k: v.detach().clone() for k, v in sae1.state_dict().items()}
+    out = export_sae(sae1, tmp_path / "exported", {**md, "training": stats})
+    loaded = load_sae(out)
+    assert type(loaded).__name__ == "TopKSAE"
+    assert loaded.cfg.metadata.hook_name == HOOK and loaded.cfg.metadata.training["steps"] == 48
+    x = acts[:512]
+    with torch.no_grad():
+        r = loaded.decode(loaded.encode(x))
+    ev = 1 - (r - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+    assert ev > 0.3  # it learned (an untrained SAE is near 0); fp16 storage included
+    # Interrupt after the first checkpoint: resuming reproduces the uninterrupted run.
+    shutil.rmtree(ckpts[1])
+    sae2, _ = train_sae(cfg, ActivationCache(root), tmp_path / "ck", md, progress=False)
+    state2 = sae2.state_dict()
+    assert state1.keys() == state2.keys()
+    assert all(torch.allclose(state1[k], state2[k], atol=1e-5) for k in state1)
+    assert not torch.allclose(state1["W_enc"], loaded.W_enc, atol=1e-3)  # export folded norms
+
+
+def test_train_config_validation() -> None:
+    with pytest.raises(ValueError):
+        TrainConfig(architecture="relu")
+    with pytest.raises(ValueError):
+        TrainConfig(k=0)
+    with pytest.raises(ValueError):
+        TrainConfig(d_sae=16, k=32)
+    assert TrainConfig().hook_name == "blocks.12.hook_resid_post"
+    assert TrainConfig(seed=1).run_tag() != TrainConfig(seed=2).run_tag()
+    assert TrainConfig(threads=1).run_tag() == TrainConfig(threads=2).run_tag()
+
+
+def test_cli_commands_are_registered() -> None:
+    import argparse
+
+    from sae_ts import features, sae_training
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    sae_mod.add_cli_commands(sub)
+    sae_training.add_cli_commands(sub)
+    features.add_cli_commands(sub)
+    a = parser.parse_args(["train-sae", "--seed", "3", "--k", "48", "--extract-only"])
+    assert a.seed == 3 and a.k == 48 and a.extract_only
+    a = parser.parse_args(["sae-eval", "--sae", "x", "--texts", "heldout"])
+    assert a.sae == "x" and a.texts == ["heldout"]
+    a = parser.parse_args(["features", "--out", "o"])
+    assert a.out == "o" and a.n_top == 10
