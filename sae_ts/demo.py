@@ -99,7 +99,7 @@ def estimate_and_fit(
     d = model.cfg.d_model
     probe = random_directions(6, d, seed=seed + 1)
     scale = float(
-        calibrate_scales(model, probe, hook, 0.5, reference=reference_texts(1500)).median()
+        calibrate_scales(model, probe, hook, 0.5, reference=reference_texts(800)).median()
     )
     cands = torch.cat(
         [

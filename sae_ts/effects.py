@@ -258,40 +258,53 @@ class EffectEstimator:
     # -- measurement -------------------------------------------------------------------------
 
     def _encode_sum(
-        self, acts: torch.Tensor, first_call: bool
+        self, acts: torch.Tensor, keep: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-row sums of SAE features over non-sink positions, and the counts."""
+        """Per-row sums of SAE features over kept, non-sink positions, and the counts."""
         acts = acts.float()
-        keep = acts.norm(dim=-1) <= self._sink_threshold
-        if first_call:
-            keep[:, 0] = False  # position 0: the document-start attention sink
+        keep = keep.to(acts.device) & (acts.norm(dim=-1) <= self._sink_threshold)
         feats = self.sae.encode(acts.to(self.sae.W_enc.dtype)).float()
         feats = feats * keep.unsqueeze(-1)
         return feats.sum(1), keep.sum(1).float()
 
     def _run_rows(
         self,
-        prompt_idx: int,
+        prompt_idx: Sequence[int],
         vectors: torch.Tensor | None,
         scales: torch.Tensor | None,
         seeds: Sequence[int],
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Generate one rollout per row from prompt ``prompt_idx``; return feature sums and counts."""
+        """One rollout per row (row ``b`` from prompt ``prompt_idx[b]``, left-padded together).
+
+        Every row's sequence is ``seq_len`` tokens including its BOS and prompt; rows with longer
+        prompts stop counting earlier. Returns per-row feature sums and position counts.
+        """
         cfg = self.config
         model = self.model
         device = model.cfg.device
         rows = len(seeds)
-        prompt = self._prompt_tokens[prompt_idx].to(device)
-        n_new = cfg.seq_len - prompt.shape[0]
-        u = _uniforms(seeds, n_new).to(device)
+        prompts = [self._prompt_tokens[p] for p in prompt_idx]
+        lens = torch.tensor([len(t) for t in prompts], device=device)
+        width = int(lens.max())
+        pad = model.tokenizer.pad_token_id if model.tokenizer is not None else 0
+        tokens = torch.full((rows, width), int(pad), dtype=torch.long, device=device)
+        for b, t in enumerate(prompts):
+            tokens[b, width - len(t) :] = t.to(device)
+        n_new = cfg.seq_len - lens  # tokens each row generates
+        steps = int(n_new.max())
+        u = _uniforms(seeds, steps).to(device)
+        pos = torch.arange(width, device=device)[None]
+        first_keep = pos > (width - lens)[:, None]  # real prompt positions after the BOS
         sums = torch.zeros(rows, self.d_sae, device=device)
         counts = torch.zeros(rows, device=device)
-        state = {"first": True}
+        state = {"call": 0}
 
         def capture(act: torch.Tensor, hook: Any) -> None:
-            s, c = self._encode_sum(act, state["first"])
-            sums.add_(s)
-            counts.add_(c)
+            c = state["call"]
+            keep = first_keep if c == 0 else (c <= n_new)[:, None]
+            s_, n_ = self._encode_sum(act, keep)
+            sums.add_(s_)
+            counts.add_(n_)
 
         hooks: list[tuple[str, HookFn]] = []
         if not self.rerun:
@@ -299,18 +312,17 @@ class EffectEstimator:
         if vectors is not None:
             assert scales is not None
             hooks.append((self.steer_hook, SteeringHook(vectors.to(device), scales.to(device))))
-        tokens = prompt.expand(rows, -1)
         cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, rows)
         out = [tokens]
         with torch.no_grad(), add_hooks(model, hooks):
             logits = model(tokens, past_kv_cache=cache, return_type="logits")
-            state["first"] = False
-            for i in range(n_new):
+            for i in range(steps):
                 nxt = _sample_with_uniforms(
                     logits[:, -1], u[:, i], cfg.temperature, cfg.top_k, cfg.top_p
                 )
                 out.append(nxt[:, None])
-                if i + 1 < n_new:
+                state["call"] = i + 1
+                if i + 1 < steps:
                     logits = model(nxt[:, None], past_kv_cache=cache, return_type="logits")
                 elif not self.rerun:
                     # the last sampled token's activations: run it up to the SAE layer only
@@ -321,9 +333,18 @@ class EffectEstimator:
                     )
         if self.rerun:
             full = torch.cat(out, dim=1)
-            state["first"] = True
-            with torch.no_grad(), add_hooks(model, [(self.sae_hook, capture)]):
+            j = torch.arange(full.shape[1], device=device)[None]
+            keep = (j > (width - lens)[:, None]) & (j <= (width - 1 + n_new)[:, None])
+            acts: dict[str, torch.Tensor] = {}
+
+            def grab(act: torch.Tensor, hook: Any) -> None:
+                acts["x"] = act
+
+            with torch.no_grad(), add_hooks(model, [(self.sae_hook, grab)]):
                 model(full, stop_at_layer=hook_layer(self.sae_hook) + 1)
+            s_, n_ = self._encode_sum(acts["x"], keep)
+            sums.add_(s_)
+            counts.add_(n_)
         return sums, counts
 
     def _measure(
@@ -334,33 +355,40 @@ class EffectEstimator:
         rollouts: int,
         progress: tqdm | None = None,
     ) -> torch.Tensor:
-        """Mean feature activations per vector (``[n, d_sae]``), over prompts x rollouts."""
+        """Mean feature activations per vector (``[n, d_sae]``), over prompts x rollouts.
+
+        All (vector, prompt, rollout) rows are batched together, ``batch_rows`` at a time, grouped
+        by prompt length so that little padding is needed.
+        """
         n = len(vector_ids)
         device = self.model.cfg.device
         sums = torch.zeros(n, self.d_sae, device=device)
         counts = torch.zeros(n, device=device)
-        per_batch = max(1, self.config.batch_rows // rollouts)
-        for p in range(len(self.config.prompts)):
-            for start in range(0, n, per_batch):
-                sl = slice(start, min(n, start + per_batch))
-                ids = list(vector_ids[sl])
-                seeds = [_stream_seed(self.seed, i, p, r) for i in ids for r in range(rollouts)]
-                v = s = None
-                if vectors is not None:
-                    assert scales is not None
-                    v = vectors[sl].repeat_interleave(rollouts, 0)
-                    s = scales[sl].repeat_interleave(rollouts, 0)
-                fs, c = self._run_rows(p, v, s, seeds)
-                sums[sl] += fs.view(len(ids), rollouts, -1).sum(1)
-                counts[sl] += c.view(len(ids), rollouts).sum(1)
-                if progress is not None:
-                    progress.update(len(ids))
+        n_prompts = len(self.config.prompts)
+        plen = [len(t) for t in self._prompt_tokens]
+        rows = [(v, p, r) for p in range(n_prompts) for v in range(n) for r in range(rollouts)]
+        rows.sort(key=lambda x: (plen[x[1]], x[1]))
+        for start in range(0, len(rows), self.config.batch_rows):
+            batch = rows[start : start + self.config.batch_rows]
+            vi = torch.tensor([x[0] for x in batch], device=device)
+            seeds = [_stream_seed(self.seed, vector_ids[v], p, r) for v, p, r in batch]
+            v_rows = s_rows = None
+            if vectors is not None:
+                assert scales is not None
+                v_rows, s_rows = vectors[vi.cpu()], scales[vi.cpu()]
+            fs, c = self._run_rows([x[1] for x in batch], v_rows, s_rows, seeds)
+            sums.index_add_(0, vi, fs)
+            counts.index_add_(0, vi, c)
+            if progress is not None:
+                progress.update(len(batch))
         return (sums / counts.clamp_min(1)[:, None]).cpu()
 
     def baseline(self, progress: bool = True) -> torch.Tensor:
         """Mean feature activations of unsteered rollouts (``baseline_multiplier`` x as many)."""
         r = self.config.rollouts * self.config.baseline_multiplier
-        bar = tqdm(total=len(self.config.prompts), desc="baseline rollouts", disable=not progress)
+        bar = tqdm(
+            total=len(self.config.prompts) * r, desc="baseline rollouts", disable=not progress
+        )
         out = self._measure(None, None, [-1], r, bar)[0]
         bar.close()
         return out
@@ -381,12 +409,10 @@ class EffectEstimator:
         ids = list(range(vectors.shape[0])) if vector_ids is None else list(vector_ids)
         if len(ids) != vectors.shape[0]:
             raise ValueError(f"{len(ids)} vector ids for {vectors.shape[0]} vectors")
-        bar = tqdm(
-            total=vectors.shape[0] * len(self.config.prompts),
-            desc="steered rollouts",
-            disable=not progress,
-        )
-        out = self._measure(vectors.float(), scales_t, ids, rollouts or self.config.rollouts, bar)
+        r = rollouts or self.config.rollouts
+        n_rows = vectors.shape[0] * len(self.config.prompts) * r
+        bar = tqdm(total=n_rows, desc="steered rollouts", disable=not progress)
+        out = self._measure(vectors.float(), scales_t, ids, r, bar)
         bar.close()
         return out
 
