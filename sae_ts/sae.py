@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from sae_lens import SAE
 
+from .models import hook_layer
+
 __all__ = [
     "DEFAULT_SAE_DIR",
     "SAEEvalResult",
@@ -297,7 +299,7 @@ def evaluate_sae(
     from tqdm.auto import tqdm
 
     hook = check_compatible(model, sae)
-    layer = _hook_layer(hook)
+    layer = hook_layer(hook)
     if windows is None:
         if not texts:
             raise ValueError("no texts to evaluate on")
@@ -357,13 +359,6 @@ def evaluate_sae(
     denom = ce["ablated"] - ce["clean"]
     result.ce_recovered = (ce["ablated"] - ce["sae"]) / denom if denom > 0 else float("nan")
     return result
-
-
-def _hook_layer(hook: str) -> int:
-    parts = hook.split(".")
-    if len(parts) < 3 or parts[0] != "blocks" or not parts[1].isdigit():
-        raise ValueError(f"cannot tell the layer of hook {hook!r} (expected blocks.L.*)")
-    return int(parts[1])
 
 
 # ----------------------------------------------------------------------------------------------
