@@ -81,6 +81,10 @@ class EffectConfig:
     positions: str = "all"  # where the vector is added: every position, as in the paper
     batch_rows: int = 256  # sequences per forward pass
     sink_ratio: float = 7.0  # positions with norm > ratio x median (and position 0) are left out
+    # Coupled sampling: Gumbel-max noise per (prompt, rollout, step, vocabulary id), shared by every
+    # vector and the baseline, so a small logit change rarely changes the draw; effects are then
+    # paired differences against the baseline rollouts with the same (prompt, rollout).
+    coupled: bool = False
 
     def __post_init__(self) -> None:
         if not self.prompts:
@@ -89,9 +93,19 @@ class EffectConfig:
             raise ValueError("rollouts, baseline_multiplier and batch_rows must be >= 1")
         if self.positions != "all":
             raise ValueError("effect estimation steers every position (positions='all')")
+        if self.coupled and self.temperature == 0.0:
+            raise ValueError("coupled sampling needs temperature > 0")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if not self.coupled:
+            del d["coupled"]  # keeps the resume keys of earlier (independent) runs unchanged
+        return d
+
+    @property
+    def baseline_rollouts(self) -> int:
+        """Unsteered rollouts per prompt: paired one-to-one when coupled, else ``multiplier`` x."""
+        return self.rollouts if self.coupled else self.rollouts * self.baseline_multiplier
 
 
 def random_directions(n: int, d_model: int, seed: int = 0) -> torch.Tensor:
@@ -158,6 +172,39 @@ def _sample_with_uniforms(
     return idx.gather(-1, choice)[:, 0]
 
 
+def _gumbels(seeds: Sequence[int], vocab: int, device: torch.device | str) -> torch.Tensor:
+    """Standard Gumbel noise ``[len(seeds), vocab]``, one seeded stream per row."""
+    out = torch.empty(len(seeds), vocab)
+    for i, s in enumerate(seeds):
+        u = torch.rand(vocab, generator=torch.Generator().manual_seed(s), dtype=torch.float64)
+        out[i] = -torch.log(-torch.log(u.clamp(1e-300, 1.0 - 1e-16)))
+    return out.to(device)
+
+
+def _sample_gumbel(
+    logits: torch.Tensor,
+    g: torch.Tensor,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+) -> torch.Tensor:
+    """Gumbel-max sampling with noise ``g`` indexed by vocabulary id (shared across rows).
+
+    The candidate set is the same as :func:`_sample_with_uniforms`'s (top-k, then the top-p cut on
+    the renormalised top-k); within it, ``argmax(logit / T + g)`` draws exactly from the truncated
+    distribution. Rows that share ``g`` pick the same token whenever their logits are close.
+    """
+    logits = logits.float() / temperature
+    k = logits.shape[-1] if not top_k else min(top_k, logits.shape[-1])
+    vals, idx = torch.topk(logits, k, dim=-1)
+    if top_p is not None and top_p < 1.0:
+        probs = vals.softmax(-1)
+        keep = (probs.cumsum(-1) - probs) < top_p
+        vals = vals.masked_fill(~keep, float("-inf"))
+    score = vals + g.gather(-1, idx)
+    return idx.gather(-1, score.argmax(-1, keepdim=True))[:, 0]
+
+
 @dataclass
 class EffectDataset:
     """Inputs (unit vectors), their scales, measured effects and the unsteered baseline."""
@@ -188,6 +235,31 @@ class EffectDataset:
     def load(cls, path: str | Path) -> EffectDataset:
         t, rec = load_artifact(path, kind="effect_dataset")
         return cls(t["inputs"], t["scales"], t["effects"], t["baseline"], rec)
+
+    @classmethod
+    def load_dir(cls, path: str | Path) -> EffectDataset:
+        """The finished chunks of an :func:`estimate_effects` directory (``out_dir``), in order.
+
+        Works on a partly finished run (a campaign still going, or committed chunk by chunk).
+        """
+        path = Path(path)
+        man_path = path / "manifest.json"
+        if not man_path.exists():
+            raise ArtifactError(f"{path} has no manifest.json: not an estimate_effects directory")
+        record = json.loads(man_path.read_text())
+        baseline = load_artifact(path / "baseline", kind="effect_baseline")[0]["baseline"]
+        chunks = sorted(path.glob("chunk_*.safetensors"))
+        if not chunks:
+            raise ArtifactError(f"{path} has no finished chunks yet")
+        parts = []
+        for c in chunks:
+            t, _ = load_artifact(c.with_suffix(""), kind="effect_chunk")
+            x = t["inputs"].float()
+            parts.append(
+                cls(x / x.norm(dim=-1, keepdim=True), t["scales"].float(), t["effects"].float(),
+                    baseline.float(), record)
+            )  # fmt: skip
+        return cls.concat(parts)
 
     @classmethod
     def concat(cls, parts: Sequence[EffectDataset]) -> EffectDataset:
@@ -292,8 +364,16 @@ class EffectEstimator:
             tokens[b, width - len(t) :] = t.to(device)
         n_new = cfg.seq_len - lens  # tokens each row generates
         steps = int(n_new.max())
-        u = _uniforms(seeds, steps).to(device)
+        if cfg.coupled:
+            uniq = sorted(set(seeds))
+            row_of = torch.tensor([uniq.index(x) for x in seeds], device=device)
+        else:
+            u = _uniforms(seeds, steps).to(device)
         pos = torch.arange(width, device=device)[None]
+        # An explicit mask: TransformerLens would otherwise mask every token equal to the pad id,
+        # generated ones included (SmolLM2's pad id is <|im_end|>, which can be sampled).
+        prompt_mask = (pos >= (width - lens)[:, None]).long()
+        step_mask = torch.ones(rows, 1, dtype=torch.long, device=device)
         first_keep = pos > (width - lens)[:, None]  # real prompt positions after the BOS
         sums = torch.zeros(rows, self.d_sae, device=device)
         counts = torch.zeros(rows, device=device)
@@ -315,20 +395,34 @@ class EffectEstimator:
         cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, rows)
         out = [tokens]
         with torch.no_grad(), add_hooks(model, hooks):
-            logits = model(tokens, past_kv_cache=cache, return_type="logits")
+            logits = model(
+                tokens, past_kv_cache=cache, attention_mask=prompt_mask, return_type="logits"
+            )
             for i in range(steps):
-                nxt = _sample_with_uniforms(
-                    logits[:, -1], u[:, i], cfg.temperature, cfg.top_k, cfg.top_p
-                )
+                if cfg.coupled:
+                    g = _gumbels([_stream_seed(x, i) for x in uniq], logits.shape[-1], device)
+                    nxt = _sample_gumbel(
+                        logits[:, -1], g[row_of], cfg.temperature, cfg.top_k, cfg.top_p
+                    )
+                else:
+                    nxt = _sample_with_uniforms(
+                        logits[:, -1], u[:, i], cfg.temperature, cfg.top_k, cfg.top_p
+                    )
                 out.append(nxt[:, None])
                 state["call"] = i + 1
                 if i + 1 < steps:
-                    logits = model(nxt[:, None], past_kv_cache=cache, return_type="logits")
+                    logits = model(
+                        nxt[:, None],
+                        past_kv_cache=cache,
+                        attention_mask=step_mask,
+                        return_type="logits",
+                    )
                 elif not self.rerun:
                     # the last sampled token's activations: run it up to the SAE layer only
                     model(
                         nxt[:, None],
                         past_kv_cache=cache,
+                        attention_mask=step_mask,
                         stop_at_layer=hook_layer(self.sae_hook) + 1,
                     )
         if self.rerun:
@@ -340,8 +434,9 @@ class EffectEstimator:
             def grab(act: torch.Tensor, hook: Any) -> None:
                 acts["x"] = act
 
+            full_mask = (j >= (width - lens)[:, None]).long()
             with torch.no_grad(), add_hooks(model, [(self.sae_hook, grab)]):
-                model(full, stop_at_layer=hook_layer(self.sae_hook) + 1)
+                model(full, attention_mask=full_mask, stop_at_layer=hook_layer(self.sae_hook) + 1)
             s_, n_ = self._encode_sum(acts["x"], keep)
             sums.add_(s_)
             counts.add_(n_)
@@ -371,7 +466,10 @@ class EffectEstimator:
         for start in range(0, len(rows), self.config.batch_rows):
             batch = rows[start : start + self.config.batch_rows]
             vi = torch.tensor([x[0] for x in batch], device=device)
-            seeds = [_stream_seed(self.seed, vector_ids[v], p, r) for v, p, r in batch]
+            if self.config.coupled:  # one stream per (prompt, rollout), shared by all vectors
+                seeds = [_stream_seed(self.seed, -2, p, r) for _, p, r in batch]
+            else:
+                seeds = [_stream_seed(self.seed, vector_ids[v], p, r) for v, p, r in batch]
             v_rows = s_rows = None
             if vectors is not None:
                 assert scales is not None
@@ -383,9 +481,14 @@ class EffectEstimator:
                 progress.update(len(batch))
         return (sums / counts.clamp_min(1)[:, None]).cpu()
 
-    def baseline(self, progress: bool = True) -> torch.Tensor:
-        """Mean feature activations of unsteered rollouts (``baseline_multiplier`` x as many)."""
-        r = self.config.rollouts * self.config.baseline_multiplier
+    def baseline(self, progress: bool = True, rollouts: int | None = None) -> torch.Tensor:
+        """Mean feature activations of unsteered rollouts.
+
+        ``baseline_multiplier`` x as many rollouts as the steered ones (``rollouts``, default the
+        config's); as many, on the same (prompt, rollout) streams, when sampling is coupled.
+        """
+        r = rollouts or self.config.rollouts
+        r = r if self.config.coupled else r * self.config.baseline_multiplier
         bar = tqdm(
             total=len(self.config.prompts) * r, desc="baseline rollouts", disable=not progress
         )
@@ -513,6 +616,16 @@ def reference_texts(n_chars: int = 4000) -> list[str]:
     return [text[start : start + n_chars]]
 
 
+def sae_fingerprint(sae: Any) -> str:
+    """A short hash of the SAE's encoder and decoder weights (identifies the SAE in records)."""
+    h = hashlib.sha256()
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        t = getattr(sae, name, None)
+        if t is not None:
+            h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def _manifest_key(config: EffectConfig, seed: int, extra: dict[str, Any]) -> str:
     blob = json.dumps(
         {"config": config.to_dict(), "seed": seed, **extra}, sort_keys=True, default=str
@@ -529,6 +642,7 @@ def estimate_effects(
     chunk_size: int = 64,
     calibrate: Callable[[torch.Tensor], torch.Tensor] | None = None,
     progress: bool = True,
+    store_dtype: torch.dtype = torch.float32,
 ) -> EffectDataset:
     """Estimate effects of ``vectors`` (unit-normalised) in chunks; resume from ``out_dir``.
 
@@ -538,6 +652,10 @@ def estimate_effects(
 
     ``scales``: a float for all, a ``[n]`` tensor, or None with ``calibrate`` (e.g.
     ``lambda v: calibrate_scales(model, v, hook)``) to calibrate each chunk.
+
+    ``store_dtype``: the dtype chunks are written in (``torch.float16`` halves the size of a
+    campaign meant to be committed). Fresh results are rounded to it too, so a resumed run still
+    equals an uninterrupted one.
     """
     vectors = check_vector(vectors, estimator.model.cfg.d_model, "vectors").float()
     if vectors.ndim == 1:
@@ -558,20 +676,32 @@ def estimate_effects(
         "steer_hook": estimator.steer_hook,
         "sae_hook": estimator.sae_hook,
         "d_sae": estimator.d_sae,
+        "sae_fingerprint": sae_fingerprint(estimator.sae),
         "config": estimator.config.to_dict(),
         "seed": estimator.seed,
         "inputs_fingerprint": fingerprint,
         "scale_mode": "fixed" if fixed is not None else "calibrated",
+        "store_dtype": str(store_dtype).removeprefix("torch."),
+        "scales_fingerprint": None
+        if fixed is None
+        else hashlib.sha256(fixed.numpy().tobytes()).hexdigest()[:16],
     }
+    if fixed is not None and bool((fixed == fixed[0]).all()):
+        record["scale"] = float(fixed[0])
     out = Path(out_dir) if out_dir is not None else None
+    # The resume key covers everything that changes the numbers: protocol, seed, model, hooks,
+    # the SAE's weights, the inputs and the scales. A mismatch is refused, never mixed.
     key = _manifest_key(
         estimator.config,
         estimator.seed,
         {
             k: record[k]
-            for k in ("model", "steer_hook", "sae_hook", "inputs_fingerprint", "scale_mode")
+            for k in (
+                "model", "steer_hook", "sae_hook", "sae_fingerprint", "inputs_fingerprint",
+                "scale_mode", "scales_fingerprint", "store_dtype",
+            )
         },
-    )
+    )  # fmt: skip
     baseline: torch.Tensor | None = None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -579,9 +709,14 @@ def estimate_effects(
         if man_path.exists():
             man = json.loads(man_path.read_text())
             if man.get("key") != key:
+                now = json.loads(
+                    json.dumps({**record, "n": n, "chunk_size": chunk_size}, default=str)
+                )
+                diff = [k for k in now if man.get(k) != now[k]]
                 raise ArtifactError(
-                    f"{out} holds an estimation with another config/seed/inputs (key {man.get('key')} "
-                    f"!= {key}); use a new out_dir"
+                    f"{out} holds an estimation made with other settings (differing: "
+                    f"{', '.join(diff) or 'the resume key'}); resume with the same model, SAE, "
+                    "hooks, config, seed, inputs and scales, or use a new out_dir"
                 )
         else:
             write_json_atomic(man_path, {"key": key, "n": n, "chunk_size": chunk_size, **record})
@@ -601,18 +736,22 @@ def estimate_effects(
         path = out / f"chunk_{c:05d}" if out is not None else None
         if path is not None and path.with_suffix(".safetensors").exists():
             t, _ = load_artifact(path, kind="effect_chunk")
-            parts.append(EffectDataset(t["inputs"], t["scales"], t["effects"], baseline, record))
+            parts.append(
+                EffectDataset(
+                    units[sl], t["scales"].float(), t["effects"].float(), baseline, record
+                )
+            )
             bar.update(1)
             continue
         u = units[sl]
         s = fixed[sl] if fixed is not None else calibrate(u)  # type: ignore[misc]
         means = estimator.measure(u, s, vector_ids=list(range(sl.start, sl.stop)), progress=False)
-        eff = means - baseline
-        part = EffectDataset(u, s, eff, baseline, record)
+        eff = (means - baseline).to(store_dtype)
+        part = EffectDataset(u, s, eff.float(), baseline, record)
         if path is not None:
             save_artifact(
                 path,
-                {"inputs": u, "scales": s, "effects": eff},
+                {"inputs": u.to(store_dtype), "scales": s, "effects": eff},
                 {"kind": "effect_chunk", "chunk": c, **record},
             )
         parts.append(part)

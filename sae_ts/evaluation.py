@@ -63,7 +63,7 @@ def measure_vector(
     unit = vector.float() / vector.float().norm()
     target.validate(estimator.d_sae)
     if baseline is None:
-        baseline = estimator.baseline(progress=progress)
+        baseline = estimator.baseline(progress=progress, rollouts=rollouts)
     means = estimator.measure(
         unit, scale, vector_ids=[vector_id], rollouts=rollouts, progress=progress
     )[0]

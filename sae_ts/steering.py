@@ -232,13 +232,26 @@ def generate(
     batch = tokens.shape[0]
     cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, batch)
     out = [tokens]
+    # Explicit all-ones masks: TransformerLens would otherwise mask every token equal to the
+    # tokenizer's pad id, generated ones included (SmolLM2 pads with <|im_end|>).
+    step_mask = torch.ones(batch, 1, dtype=torch.long, device=device)
     with add_hooks(model, fwd_hooks):
-        logits = model(tokens, past_kv_cache=cache, return_type="logits")
+        logits = model(
+            tokens,
+            past_kv_cache=cache,
+            attention_mask=torch.ones_like(tokens),
+            return_type="logits",
+        )
         for i in range(max_new_tokens):
             nxt = _sample(logits[:, -1], temperature, top_k, top_p, generator)
             out.append(nxt[:, None])
             if i + 1 < max_new_tokens:
-                logits = model(nxt[:, None], past_kv_cache=cache, return_type="logits")
+                logits = model(
+                    nxt[:, None],
+                    past_kv_cache=cache,
+                    attention_mask=step_mask,
+                    return_type="logits",
+                )
     return torch.cat(out, dim=1)
 
 

@@ -114,7 +114,7 @@ def test_resume_equals_uninterrupted(tiny, sae, tmp_path):
     assert torch.equal(full.effects, resumed.effects)
     assert torch.equal(full.inputs, resumed.inputs)
     # a different seed in the same directory is refused
-    with pytest.raises(ArtifactError, match="another config"):
+    with pytest.raises(ArtifactError, match="differing: seed"):
         estimate_effects(
             EffectEstimator(tiny, sae, config=CFG, seed=12),
             vecs,
