@@ -28,10 +28,13 @@ __all__ = [
     "DEFAULT_EFFECT_MODEL",
     "FitReport",
     "LinearEffectModel",
+    "UnderdeterminedFitWarning",
     "effect_metrics",
+    "evaluate_heldout",
     "fit_adam",
     "fit_ridge",
     "load_default_effect_model",
+    "noise_ceiling",
 ]
 
 DEFAULT_EFFECT_MODEL: Path = (
@@ -152,6 +155,7 @@ def fit_ridge(
     """Closed-form ridge fit; the ridge strength is chosen by ``folds``-fold CV on the train part."""
     t0 = time.perf_counter()
     Xtr, Ytr, Xte, Yte = _split(ds, holdout)
+    _warn_if_underdetermined(Xtr.shape[0], Xtr.shape[1])
     if alphas is None:
         alphas = torch.logspace(-4, 3, 15, dtype=torch.float64)
     n = Xtr.shape[0]
@@ -192,6 +196,7 @@ def fit_adam(
     """The paper's fit: linear layer with bias, MSE, Adam, cosine schedule (for parity)."""
     t0 = time.perf_counter()
     Xtr, Ytr, Xte, Yte = _split(ds, holdout)
+    _warn_if_underdetermined(Xtr.shape[0], Xtr.shape[1])
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     layer = torch.nn.Linear(Xtr.shape[1], Ytr.shape[1])
@@ -236,3 +241,99 @@ def load_default_effect_model() -> LinearEffectModel:
         )
     em = LinearEffectModel.load(DEFAULT_EFFECT_MODEL)  # stored in fp16 to keep the wheel small
     return LinearEffectModel(em.W.float(), em.b.float(), em.record)
+
+
+class UnderdeterminedFitWarning(UserWarning):
+    """An effect model fitted on no more vectors than ``d_model``: unseen directions fall to b."""
+
+
+def _warn_if_underdetermined(n_train: int, d_model: int) -> None:
+    if n_train <= d_model:
+        import warnings
+
+        warnings.warn(
+            f"effect model fitted on {n_train} vectors in d_model={d_model}: W has rank < "
+            f"{d_model}, so directions outside the span of the training vectors are predicted as b. "
+            f"Estimate at least ~{8 * d_model} vectors (8 x d_model) for a model that generalises.",
+            UnderdeterminedFitWarning,
+            stacklevel=3,
+        )
+
+
+def noise_ceiling(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
+    """Split-half reliability of two independent measurements ``a``, ``b`` (``[n, d_sae]``).
+
+    Returns ``split_half_r2`` (variance-weighted R² of one half against the other, centred over
+    vectors), ``ceiling`` (the R² a perfect model of the true effects would reach against the
+    average ``(a + b) / 2``, since ``||a - b||² / 4`` estimates that average's noise) and
+    ``centred_cosine`` (mean per-vector cosine of the two halves, each centred over vectors).
+    """
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"two [n, d_sae] halves needed, got {tuple(a.shape)}, {tuple(b.shape)}")
+    a, b = a.double(), b.double()
+    sse = float(((a - b) ** 2).sum())
+    sst_a = float(((a - a.mean(0)) ** 2).sum())
+    sst_b = float(((b - b.mean(0)) ** 2).sum())
+    m = (a + b) / 2
+    sst_m = float(((m - m.mean(0)) ** 2).sum())
+    cos = torch.nn.functional.cosine_similarity(a - a.mean(0), b - b.mean(0), dim=-1, eps=1e-12)
+    return {
+        "split_half_r2": 1 - sse / ((sst_a + sst_b) / 2) if sst_a + sst_b > 0 else float("nan"),
+        "ceiling": 1 - (sse / 4) / sst_m if sst_m > 0 else float("nan"),
+        "centred_cosine": float(cos.mean()),
+    }
+
+
+def evaluate_heldout(
+    model: LinearEffectModel,
+    test_a: EffectDataset,
+    test_b: EffectDataset,
+    groups: list[str] | None = None,
+    features: list[int] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Held-out fit of ``model`` next to its noise ceiling, overall and per group of vectors.
+
+    ``test_a`` and ``test_b`` measure the same held-out directions with independent random
+    streams; the model is scored against their average. Per group (e.g. ``"dec"`` / ``"gauss"``,
+    one label per vector) and overall, the result holds ``r2``, ``ceiling``, ``r2_over_ceiling``,
+    ``split_half_r2``, ``cosine`` (predicted vs measured effect) and ``cosine_minus_b`` (cosine of
+    ``v @ W`` with measured − b, the part of the effect that depends on the direction).
+    With ``features``, ``r2`` and ``ceiling`` are also given on those latents only
+    (``r2_features``, ``ceiling_features``): the latents that targets use.
+    """
+    if not torch.allclose(test_a.inputs, test_b.inputs, atol=1e-3):
+        raise ValueError("test_a and test_b must measure the same directions, in the same order")
+    n = len(test_a)
+    labels = groups or ["all"] * n
+    if len(labels) != n:
+        raise ValueError(f"{len(labels)} group labels for {n} test vectors")
+    x = test_a.inputs.float()
+    y = (test_a.effects.float() + test_b.effects.float()) / 2
+    pred = model.predict(x)
+    out: dict[str, dict[str, float]] = {}
+    for g in ["all", *sorted(set(labels) - {"all"})]:
+        idx = [i for i in range(n) if g == "all" or labels[i] == g]
+        if len(idx) < 2:
+            continue
+        r2, cos = effect_metrics(pred[idx], y[idx])
+        nc = noise_ceiling(test_a.effects[idx], test_b.effects[idx])
+        cos_b = torch.nn.functional.cosine_similarity(
+            x[idx] @ model.W, y[idx] - model.b, dim=-1, eps=1e-12
+        )
+        row = {
+            "n": float(len(idx)),
+            "r2": r2,
+            "ceiling": nc["ceiling"],
+            "r2_over_ceiling": r2 / nc["ceiling"] if nc["ceiling"] > 0 else float("nan"),
+            "split_half_r2": nc["split_half_r2"],
+            "cosine": cos,
+            "cosine_minus_b": float(cos_b.mean()),
+        }
+        if features:
+            f = list(features)
+            row["r2_features"] = effect_metrics(pred[idx][:, f], y[idx][:, f])[0]
+            row["ceiling_features"] = noise_ceiling(
+                test_a.effects[idx][:, f], test_b.effects[idx][:, f]
+            )["ceiling"]
+        out[g] = row
+    return out

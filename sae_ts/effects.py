@@ -643,6 +643,7 @@ def estimate_effects(
     calibrate: Callable[[torch.Tensor], torch.Tensor] | None = None,
     progress: bool = True,
     store_dtype: torch.dtype = torch.float32,
+    shard: tuple[int, int] = (0, 1),
 ) -> EffectDataset:
     """Estimate effects of ``vectors`` (unit-normalised) in chunks; resume from ``out_dir``.
 
@@ -656,7 +657,14 @@ def estimate_effects(
     ``store_dtype``: the dtype chunks are written in (``torch.float16`` halves the size of a
     campaign meant to be committed). Fresh results are rounded to it too, so a resumed run still
     equals an uninterrupted one.
+
+    ``shard=(k, m)``: do only the chunks ``c`` with ``c % m == k`` and return those, so that ``m``
+    processes can share one ``out_dir`` (compute the baseline first, e.g. with ``shard=(0, m)`` on
+    no chunks, or let the first process write it). :meth:`EffectDataset.load_dir` reads them all.
     """
+    k_shard, m_shard = shard
+    if not 0 <= k_shard < m_shard:
+        raise ValueError(f"shard must be (k, m) with 0 <= k < m, got {shard}")
     vectors = check_vector(vectors, estimator.model.cfg.d_model, "vectors").float()
     if vectors.ndim == 1:
         vectors = vectors[None]
@@ -730,8 +738,9 @@ def estimate_effects(
             )
     parts: list[EffectDataset] = []
     n_chunks = math.ceil(n / chunk_size)
-    bar = tqdm(total=n_chunks, desc="effect chunks", disable=not progress)
-    for c in range(n_chunks):
+    mine = [c for c in range(n_chunks) if c % m_shard == k_shard]
+    bar = tqdm(total=len(mine), desc="effect chunks", disable=not progress)
+    for c in mine:
         sl = slice(c * chunk_size, min(n, (c + 1) * chunk_size))
         path = out / f"chunk_{c:05d}" if out is not None else None
         if path is not None and path.with_suffix(".safetensors").exists():
@@ -757,6 +766,11 @@ def estimate_effects(
         parts.append(part)
         bar.update(1)
     bar.close()
+    if not parts:  # an empty shard
+        d = estimator.model.cfg.d_model
+        return EffectDataset(
+            torch.zeros(0, d), torch.zeros(0), torch.zeros(0, estimator.d_sae), baseline, record
+        )
     ds = EffectDataset.concat(parts)
     ds.record = record
     return ds

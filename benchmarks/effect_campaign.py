@@ -1,0 +1,120 @@
+"""The effect-estimation campaign behind the shipped effect model (issue #12).
+
+Two sets of candidate directions, both built deterministically from ``--seed``:
+
+* ``train``: every live decoder row of the embedded SAE except the held-out ones, plus Gaussian
+  directions, ``--n-train`` in all (default 4,608 = 8 x d_model), shuffled so that any finished
+  prefix of chunks is a representative sample. One rollout per prompt.
+* ``test``: ``--n-test-dec`` held-out decoder rows and ``--n-test-gauss`` held-out Gaussian
+  directions, measured twice (``test_a``, ``test_b``) with independent random streams and
+  ``--test-rollouts`` rollouts per prompt each, so that every fit can be reported next to its noise
+  ceiling (see ``sae_ts.effect_model.noise_ceiling``).
+
+Chunks are fp16 safetensors + JSON under ``--out`` (default ``data/effects/``), resumable, and meant
+to be committed as they finish so a new machine resumes the campaign where it stopped. ``--shard
+k/m`` lets ``m`` processes share the work. Protocol: ``--fraction`` x the typical per-token residual
+norm at the hook, top-k 50 at T = 1 (``--top-p`` to add nucleus sampling), ``--coupled`` for shared
+Gumbel noise.
+
+Examples::
+
+    python benchmarks/effect_campaign.py --part test            # both test halves
+    python benchmarks/effect_campaign.py --part train --shard 0/2 &
+    python benchmarks/effect_campaign.py --part train --shard 1/2 &
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from sae_ts.effects import EffectConfig, EffectEstimator, estimate_effects, random_directions
+from sae_ts.models import load_default
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def candidate_sets(
+    sae, d_model: int, n_train: int, n_test_dec: int, n_test_gauss: int, seed: int
+) -> dict[str, tuple[torch.Tensor, list[str]]]:
+    """{'train': (units, kinds), 'test': (units, kinds)}: decoder rows and Gaussian directions."""
+    W = sae.W_dec.detach().float().cpu()
+    live = torch.nonzero(W.norm(dim=-1) > 0).flatten()
+    # live = fires at all: the shipped SAE records its dead latents in its metadata when known
+    dead = set(getattr(sae.cfg.metadata, "dead_latents", None) or [])
+    live = torch.tensor([int(i) for i in live if int(i) not in dead])
+    g = torch.Generator().manual_seed(seed)
+    perm = live[torch.randperm(len(live), generator=g)]
+    test_rows, train_rows = perm[:n_test_dec], perm[n_test_dec:]
+    n_gauss_train = n_train - len(train_rows)
+    if n_gauss_train < 0:
+        raise ValueError(f"n_train={n_train} is below the {len(train_rows)} live decoder rows")
+    gauss = random_directions(n_gauss_train + n_test_gauss, d_model, seed=seed + 1)
+    unit = W / W.norm(dim=-1, keepdim=True)
+    train = torch.cat([unit[train_rows], gauss[:n_gauss_train]])
+    kinds = [f"dec:{int(i)}" for i in train_rows] + ["gauss"] * n_gauss_train
+    order = torch.randperm(len(train), generator=g)
+    test = torch.cat([unit[test_rows], gauss[n_gauss_train:]])
+    test_kinds = [f"dec:{int(i)}" for i in test_rows] + ["gauss"] * n_test_gauss
+    return {
+        "train": (train[order], [kinds[i] for i in order.tolist()]),
+        "test": (test, test_kinds),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--part", choices=["train", "test", "baseline"], required=True)
+    ap.add_argument("--out", type=Path, default=REPO / "data" / "effects")
+    ap.add_argument("--fraction", type=float, default=0.8, help="scale, x the per-token norm")
+    ap.add_argument("--norm", type=float, default=143.7,
+                    help="typical per-token residual norm at the hook (effect_protocol_probe.py)")  # fmt: skip
+    ap.add_argument("--top-p", type=float, default=None)
+    ap.add_argument("--coupled", action="store_true")
+    ap.add_argument("--n-train", type=int, default=4608)
+    ap.add_argument("--n-test-dec", type=int, default=64)
+    ap.add_argument("--n-test-gauss", type=int, default=64)
+    ap.add_argument("--test-rollouts", type=int, default=2)
+    ap.add_argument("--chunk-size", type=int, default=64)
+    ap.add_argument("--shard", default="0/1")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"command: python benchmarks/effect_campaign.py {vars(args)}", flush=True)
+    model, sae, hook = load_default()
+    sets = candidate_sets(
+        sae, model.cfg.d_model, args.n_train, args.n_test_dec, args.n_test_gauss, args.seed
+    )
+    scale = round(args.fraction * args.norm, 2)
+    k, m = (int(x) for x in args.shard.split("/"))
+    common = {"top_k": 50, "top_p": args.top_p, "coupled": args.coupled}
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.part in ("train", "baseline"):
+        units, kinds = sets["train"]
+        est = EffectEstimator(model, sae, config=EffectConfig(rollouts=1, **common), seed=args.seed)
+        n_chunks = -(-len(units) // args.chunk_size)
+        # --part baseline: a shard that owns no chunk writes the manifest and baseline only, once,
+        # before several shards start
+        estimate_effects(
+            est, units, scale, out_dir=args.out / "train", chunk_size=args.chunk_size,
+            store_dtype=torch.float16,
+            shard=(n_chunks, n_chunks + 1) if args.part == "baseline" else (k, m),
+        )  # fmt: skip
+        (args.out / "train_kinds.json").write_text(json.dumps(kinds))
+    else:
+        units, kinds = sets["test"]
+        cfg = EffectConfig(rollouts=args.test_rollouts, **common)
+        for half, seed in (("test_a", args.seed + 101), ("test_b", args.seed + 202)):
+            est = EffectEstimator(model, sae, config=cfg, seed=seed)
+            estimate_effects(est, units, scale, out_dir=args.out / half,
+                             chunk_size=args.chunk_size, store_dtype=torch.float16, shard=(k, m))  # fmt: skip
+        (args.out / "test_kinds.json").write_text(json.dumps(kinds))
+    print("done", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Noise ceiling, held-out evaluation and the underdetermined-fit warning, on synthetic effects."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sae_ts.effect_model import (
+    LinearEffectModel,
+    UnderdeterminedFitWarning,
+    evaluate_heldout,
+    fit_ridge,
+    noise_ceiling,
+)
+from sae_ts.effects import EffectDataset
+
+
+def _measured(n: int, d: int, k: int, noise: float, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(d, k, generator=g)
+    b = torch.randn(k, generator=g)
+    x = torch.randn(n, d, generator=g)
+    x = x / x.norm(dim=-1, keepdim=True)
+    true = x @ W + b
+    halves = [true + noise * torch.randn(n, k, generator=g) for _ in range(2)]
+    return W, b, x, true, halves
+
+
+def test_ceiling_matches_the_known_noise():
+    _, _, _, true, (a, b) = _measured(400, 8, 300, noise=0.5, seed=0)
+    nc = noise_ceiling(a, b)
+    m = (a + b) / 2  # its noise variance is 0.25 / 2 per entry
+    want = 1 - (0.125 * m.numel()) / float(((m - m.mean(0)) ** 2).sum())
+    assert abs(nc["ceiling"] - want) < 0.02
+    # the true effects score about the ceiling against the average
+    sse = float(((true - m) ** 2).sum())
+    assert abs((1 - sse / float(((m - m.mean(0)) ** 2).sum())) - nc["ceiling"]) < 0.02
+    assert nc["split_half_r2"] < nc["ceiling"]  # one half is noisier than the average
+    same = noise_ceiling(true, true)
+    assert same["ceiling"] == pytest.approx(1.0) and same["centred_cosine"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="halves"):
+        noise_ceiling(a, b[:3])
+
+
+def test_evaluate_heldout_puts_the_true_model_at_its_ceiling():
+    W, b, x, _, (a, bb) = _measured(200, 8, 50, noise=0.3, seed=1)
+    z = torch.zeros(200)
+    ta = EffectDataset(x, z, a, torch.zeros(50))
+    tb = EffectDataset(x, z, bb, torch.zeros(50))
+    groups = ["dec"] * 100 + ["gauss"] * 100
+    rep = evaluate_heldout(LinearEffectModel(W, b), ta, tb, groups=groups, features=[0, 3])
+    assert set(rep) == {"all", "dec", "gauss"}
+    assert rep["all"]["r2_over_ceiling"] == pytest.approx(1.0, abs=0.05)
+    assert rep["all"]["cosine_minus_b"] > 0.9
+    assert "r2_features" in rep["dec"]
+    wrong = evaluate_heldout(LinearEffectModel(-W, b), ta, tb)
+    assert wrong["all"]["r2"] < 0 and wrong["all"]["cosine_minus_b"] < 0
+    with pytest.raises(ValueError, match="same directions"):
+        evaluate_heldout(LinearEffectModel(W, b), ta, EffectDataset(-x, z, bb, torch.zeros(50)))
+
+
+def test_underdetermined_fit_warns_and_a_full_rank_fit_does_not():
+    _, _, x, _, (a, _) = _measured(60, 16, 20, noise=0.1, seed=2)
+    ds = EffectDataset(x, torch.zeros(60), a, torch.zeros(20))
+    with pytest.warns(UnderdeterminedFitWarning, match="rank"):
+        fit_ridge(ds, holdout=50)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnderdeterminedFitWarning)
+        fit_ridge(ds, holdout=10)
