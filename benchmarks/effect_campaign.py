@@ -2,7 +2,7 @@
 
 Two sets of candidate directions, both built deterministically from ``--seed``:
 
-* ``train``: every live decoder row of the embedded SAE except the held-out ones, plus Gaussian
+* ``train``: every decoder row of the embedded SAE except the held-out ones, plus Gaussian
   directions, ``--n-train`` in all (default 4,608 = 8 x d_model), shuffled so that any finished
   prefix of chunks is a representative sample. One rollout per prompt.
 * ``test``: ``--n-test-dec`` held-out decoder rows and ``--n-test-gauss`` held-out Gaussian
@@ -31,7 +31,13 @@ from pathlib import Path
 
 import torch
 
-from sae_ts.effects import EffectConfig, EffectEstimator, estimate_effects, random_directions
+from sae_ts.effects import (
+    EffectConfig,
+    EffectEstimator,
+    estimate_effects,
+    random_directions,
+    typical_residual_norm,
+)
 from sae_ts.models import load_default
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,10 +48,7 @@ def candidate_sets(
 ) -> dict[str, tuple[torch.Tensor, list[str]]]:
     """{'train': (units, kinds), 'test': (units, kinds)}: decoder rows and Gaussian directions."""
     W = sae.W_dec.detach().float().cpu()
-    live = torch.nonzero(W.norm(dim=-1) > 0).flatten()
-    # live = fires at all: the shipped SAE records its dead latents in its metadata when known
-    dead = set(getattr(sae.cfg.metadata, "dead_latents", None) or [])
-    live = torch.tensor([int(i) for i in live if int(i) not in dead])
+    live = torch.arange(W.shape[0])  # every decoder row (the shipped SAE has 1 dead latent)
     g = torch.Generator().manual_seed(seed)
     perm = live[torch.randperm(len(live), generator=g)]
     test_rows, train_rows = perm[:n_test_dec], perm[n_test_dec:]
@@ -70,8 +73,6 @@ def main() -> None:
     ap.add_argument("--part", choices=["train", "test", "baseline"], required=True)
     ap.add_argument("--out", type=Path, default=REPO / "data" / "effects")
     ap.add_argument("--fraction", type=float, default=0.8, help="scale, x the per-token norm")
-    ap.add_argument("--norm", type=float, default=143.7,
-                    help="typical per-token residual norm at the hook (effect_protocol_probe.py)")  # fmt: skip
     ap.add_argument("--top-p", type=float, default=None)
     ap.add_argument("--coupled", action="store_true")
     ap.add_argument("--n-train", type=int, default=4608)
@@ -82,16 +83,25 @@ def main() -> None:
     ap.add_argument("--shard", default="0/1")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="e.g. cuda; results are recorded per device")
+    ap.add_argument("--batch-rows", type=int, default=256, help="sequences per forward pass")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"command: python benchmarks/effect_campaign.py {vars(args)}", flush=True)
-    model, sae, hook = load_default()
+    model, sae, hook = load_default(device=args.device)
+    norm = typical_residual_norm(model, hook)
     sets = candidate_sets(
         sae, model.cfg.d_model, args.n_train, args.n_test_dec, args.n_test_gauss, args.seed
     )
-    scale = round(args.fraction * args.norm, 2)
+    scale = round(args.fraction * norm, 2)
+    print(f"per-token norm {norm:.2f}, scale {scale}", flush=True)
     k, m = (int(x) for x in args.shard.split("/"))
-    common = {"top_k": 50, "top_p": args.top_p, "coupled": args.coupled}
+    common = {
+        "top_k": 50,
+        "top_p": args.top_p,
+        "coupled": args.coupled,
+        "batch_rows": args.batch_rows,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     if args.part in ("train", "baseline"):
         units, kinds = sets["train"]

@@ -1,195 +1,186 @@
-"""Statistical budget: held-out fit of the effect model vs rollout tokens, for (vectors x rollouts) splits.
+"""How good is the effect model, against how good it could be? R² and noise ceiling vs budget.
 
-One pool of candidate vectors (unit SAE decoder rows and random directions) is measured with
-``--max-rollouts`` independent single-rollout passes per prompt; any (N vectors x R rollouts)
-split is then the mean of R of those passes for the first N vectors. A separate test set is
-measured with ``--test-rollouts`` rollouts, so every split is scored against the same,
-low-noise targets (variance-weighted R² and mean cosine of ridge predictions). All effects are
-taken against one pooled unsteered baseline, as in a real run.
+Reads the campaign written by ``benchmarks/effect_campaign.py`` (``data/effects/``: ``train`` with
+one rollout per prompt, and the held-out directions measured twice, ``test_a`` / ``test_b``), and:
 
-    python benchmarks/effect_model_budget.py --n-train 192 --max-rollouts 4 --n-test 32 --test-rollouts 8
+* fits closed-form CV ridge on the first ``n`` training vectors for a range of ``n`` (any finished
+  prefix is a seeded random sample of decoder rows and Gaussian directions), and scores each fit on
+  the held-out directions against the average of the two test halves, next to the noise ceiling
+  of that average (``sae_ts.effect_model.evaluate_heldout``), per group (held-out decoder rows,
+  Gaussian directions) with 95% bootstrap CIs over test vectors;
+* gives the ceiling as a function of the rollouts per prompt (noise variance ∝ 1/rollouts,
+  estimated from the two halves);
+* adds the ceiling against scale from protocol-probe JSON files, when given (``--probe``);
+* optionally saves the fit on all available training vectors (``--save-model``).
+
+Example::
+
+    python benchmarks/effect_model_budget.py --plot benchmarks/results/effect_model_budget.png \\
+        --json benchmarks/results/effect_model_budget.json --probe runs/probe/*.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-import time
 from pathlib import Path
 
 import torch
 
-import sae_ts
-from sae_ts.effect_model import effect_metrics, fit_ridge
-from sae_ts.effects import (
-    EffectConfig,
-    EffectDataset,
-    EffectEstimator,
-    calibrate_scales,
-    decoder_directions,
-    random_directions,
-    reference_texts,
-)
+from sae_ts.effect_model import evaluate_heldout, fit_ridge, noise_ceiling
+from sae_ts.effects import EffectDataset
+
+REPO = Path(__file__).resolve().parents[1]
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--n-train", type=int, default=192)
-    ap.add_argument("--max-rollouts", type=int, default=4)
-    ap.add_argument("--n-test", type=int, default=32)
-    ap.add_argument("--test-rollouts", type=int, default=8)
-    ap.add_argument("--seq-len", type=int, default=32)
+def bootstrap(fn, n: int, reps: int, seed: int) -> tuple[float, float]:
+    g = torch.Generator().manual_seed(seed)
+    vals = sorted(fn(torch.randint(0, n, (n,), generator=g).tolist()) for _ in range(reps))
+    return vals[int(0.025 * reps)], vals[int(0.975 * reps) - 1]
+
+
+def ceiling_vs_rollouts(
+    a: torch.Tensor, b: torch.Tensor, r: int, ks: list[int]
+) -> dict[int, float]:
+    """Ceiling of a k-rollout measurement, from two r-rollout halves (noise variance ∝ 1/k)."""
+    a, b = a.double(), b.double()
+    m = (a + b) / 2
+    noise_m = float(((a - b) ** 2).sum()) / 4  # noise of the 2r-rollout average
+    sst_m = float(((m - m.mean(0)) ** 2).sum())
+    true = sst_m - noise_m
+    return {k: true / (true + noise_m * (2 * r) / k) for k in ks}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=REPO / "data" / "effects")
+    ap.add_argument("--sizes", default="144,288,576,1152,2304,4608")
+    ap.add_argument("--bootstrap", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--work", default="runs/budget", help="cache of measured passes (resumable)")
-    ap.add_argument("--json", default=None)
-    ap.add_argument(
-        "--save-model",
-        default=None,
-        help="also fit the effect model on all training vectors x all rollouts and save it here "
-        "(how sae-ts's shipped model, sae_ts/assets/smollm2-135m-res12-effects, was made)",
+    ap.add_argument("--probe", type=Path, nargs="*", default=[])
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--plot", type=Path, default=None)
+    ap.add_argument("--save-model", type=Path, default=None)
+    args = ap.parse_args()
+    print(f"command: python benchmarks/effect_model_budget.py {vars(args)}")
+    train = EffectDataset.load_dir(args.data / "train")
+    ta, tb = (
+        EffectDataset.load_dir(args.data / "test_a"),
+        EffectDataset.load_dir(args.data / "test_b"),
     )
-    args = ap.parse_args(argv)
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    model, sae, hook = sae_ts.load_default()
-    d = model.cfg.d_model
-    n_dec = args.n_train // 2
-    pool = torch.cat(
-        [
-            decoder_directions(sae, n=n_dec + args.n_test // 2, seed=args.seed),
-            random_directions(
-                args.n_train - n_dec + args.n_test - args.n_test // 2, d, seed=args.seed
-            ),
-        ]
+    kinds = json.loads((args.data / "test_kinds.json").read_text())
+    groups = ["dec" if k.startswith("dec") else "gauss" for k in kinds]
+    r = int(ta.record["config"]["rollouts"])
+    scale = float(train.scales[0])
+    print(
+        f"train: {len(train)} vectors (1 rollout), test: {len(ta)} directions x 2 halves x {r} "
+        f"rollouts, scale {scale:.1f}"
     )
-    pool = pool[torch.randperm(pool.shape[0], generator=torch.Generator().manual_seed(args.seed))]
-    train, test = pool[: args.n_train], pool[args.n_train :]
-    scale = float(
-        calibrate_scales(
-            model,
-            random_directions(6, d, seed=args.seed + 1),
-            hook,
-            0.5,
-            reference=reference_texts(1500),
-        ).median()
-    )
-    cfg1 = EffectConfig(rollouts=1, seq_len=args.seq_len)
-    t0 = time.perf_counter()
-    passes = []
-    for r in range(args.max_rollouts):
-        path = work / f"train_pass{r}"
-        if path.with_suffix(".safetensors").exists():
-            passes.append(EffectDataset.load(path).effects)
-            continue
-        est = EffectEstimator(model, sae, config=cfg1, seed=args.seed * 1000 + r)
-        base = est.baseline(progress=False)
-        eff = est.measure(train, scale) - base
-        EffectDataset(train, torch.full((len(train),), scale), eff, base, {"pass": r}).save(path)
-        passes.append(eff)
-    tpath = work / "test"
-    if tpath.with_suffix(".safetensors").exists():
-        test_eff = EffectDataset.load(tpath).effects
-    else:
-        est = EffectEstimator(
-            model,
-            sae,
-            config=EffectConfig(rollouts=args.test_rollouts, seq_len=args.seq_len),
-            seed=args.seed + 777,
+    out: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "n_train": len(train),
+                 "scale": scale, "test_rollouts_per_half": r, "fits": []}  # fmt: skip
+    sizes = [s for s in (int(x) for x in args.sizes.split(",")) if s <= len(train)]
+    if len(train) not in sizes:
+        sizes.append(len(train))
+    y = (ta.effects + tb.effects) / 2
+    for n in sizes:
+        sub = EffectDataset(train.inputs[:n], train.scales[:n], train.effects[:n], train.baseline)
+        # holdout=1 keeps fit_ridge's interface; the real test is the separate held-out set
+        em, rep = fit_ridge(sub, holdout=max(1, n // 10), seed=args.seed)
+        ev = evaluate_heldout(em, ta, tb, groups)
+        row = {"n": n, "alpha": rep.alpha, **{g: v for g, v in ev.items()}}
+        for g in ("all", "dec", "gauss"):
+            idx = [i for i in range(len(ta)) if g == "all" or groups[i] == g]
+
+            def r2_of(sample: list[int], idx: list[int] = idx) -> float:
+                j = [idx[i] for i in sample]
+                pred = em.predict(ta.inputs[j].float()).double()
+                t = y[j].double()
+                return 1 - float(((pred - t) ** 2).sum()) / float(((t - t.mean(0)) ** 2).sum())
+
+            def ceil_of(sample: list[int], idx: list[int] = idx) -> float:
+                j = [idx[i] for i in sample]
+                return noise_ceiling(ta.effects[j], tb.effects[j])["ceiling"]
+
+            row[g]["r2_ci"] = bootstrap(r2_of, len(idx), args.bootstrap, args.seed)
+            row[g]["ceiling_ci"] = bootstrap(ceil_of, len(idx), args.bootstrap, args.seed)
+        out["fits"].append(row)
+        a = row["all"]
+        print(
+            f"n={n:5d}  R² {a['r2']:+.3f} [{a['r2_ci'][0]:+.3f}, {a['r2_ci'][1]:+.3f}]  ceiling "
+            f"{a['ceiling']:.3f}  R²/ceiling {a['r2_over_ceiling']:.2f}  cos(vW, y-b) "
+            f"{a['cosine_minus_b']:.3f}  | dec R² {row['dec']['r2']:+.3f} gauss R² "
+            f"{row['gauss']['r2']:+.3f}",
+            flush=True,
         )
-        base = est.baseline(progress=False)
-        test_eff = est.measure(test, scale, vector_ids=range(10**6, 10**6 + len(test))) - base
-        EffectDataset(test, torch.full((len(test),), scale), test_eff, base, {"test": True}).save(
-            tpath
+    out["ceiling_vs_rollouts"] = {
+        g: ceiling_vs_rollouts(
+            ta.effects[[i for i in range(len(ta)) if g == "all" or groups[i] == g]],
+            tb.effects[[i for i in range(len(ta)) if g == "all" or groups[i] == g]],
+            r,
+            [1, 2, 4, 8, 16, 64],
         )
-    measure_s = time.perf_counter() - t0
-    # One unsteered baseline for everything, as in a real run (estimate_effects measures one
-    # baseline per run): each pass and the test set measured their own baseline; pool them,
-    # weighted by rollouts, and express every effect relative to the pooled one. (Per-pass
-    # baselines would add a different constant error to each pass, which penalises splits
-    # with few rollouts for a reason that a real run does not have.)
-    bases = [EffectDataset.load(work / f"train_pass{r}").baseline for r in range(args.max_rollouts)]
-    tb = EffectDataset.load(tpath).baseline
-    pooled = (sum(bases) + args.test_rollouts * tb) / (len(bases) + args.test_rollouts)
-    passes = [e + b - pooled for e, b in zip(passes, bases)]
-    test_eff = test_eff + tb - pooled
-    tokens_per_rollout = len(cfg1.prompts) * args.seq_len
-    rows = []
-    for R in sorted({1, 2, args.max_rollouts} | {r for r in (2, 4, 8) if r <= args.max_rollouts}):
-        mean_eff = torch.stack(passes[:R]).mean(0)
-        for N in [n for n in (32, 48, 64, 96, 128, 192, 256, 384, 512, 768) if n <= args.n_train]:
-            ds = EffectDataset(
-                train[:N], torch.full((N,), scale), mean_eff[:N], torch.zeros(mean_eff.shape[1]), {}
-            )
-            ds_all = EffectDataset.concat(
-                [
-                    ds,
-                    EffectDataset(test, torch.full((len(test),), scale), test_eff, ds.baseline, {}),
-                ]
-            )
-            em, rep = fit_ridge(ds_all, holdout=len(test), seed=args.seed)
-            r2, cos = effect_metrics(em.predict(test), test_eff)
-            rows.append(
-                {
-                    "vectors": N,
-                    "rollouts": R,
-                    "tokens": N * R * tokens_per_rollout,
-                    "r2": r2,
-                    "cosine": cos,
-                    "alpha": rep.alpha,
-                }
-            )
-    res = {
-        "command": " ".join(["python", *sys.argv]),
-        "seed": args.seed,
-        "scale": scale,
-        "measure_seconds": measure_s,
-        "rows": rows,
+        for g in ("all", "dec", "gauss")
     }
-    print(f"{'vectors':>8}{'rollouts':>9}{'tokens':>10}{'R2':>8}{'cosine':>8}")
-    for r in sorted(rows, key=lambda r: (r["tokens"], r["rollouts"])):
-        print(
-            f"{r['vectors']:>8}{r['rollouts']:>9}{r['tokens']:>10}{r['r2']:>8.3f}{r['cosine']:>8.3f}"
-        )
-    by_budget: dict[int, list[dict]] = {}
-    for r in rows:
-        by_budget.setdefault(r["tokens"], []).append(r)
-    ties = {t: sorted(rs, key=lambda r: -r["cosine"]) for t, rs in by_budget.items() if len(rs) > 1}
-    for t, rs in sorted(ties.items()):
-        print(
-            f"budget {t} tokens: best split {rs[0]['vectors']} vectors x {rs[0]['rollouts']} rollouts (cosine {rs[0]['cosine']:.3f})"
-        )
-    if args.save_model:
-        R = args.max_rollouts
-        full = EffectDataset(
-            train, torch.full((len(train),), scale), torch.stack(passes).mean(0),
-            pooled, {},
-        )  # fmt: skip
-        ds_all = EffectDataset.concat(
-            [
-                full,
-                EffectDataset(test, torch.full((len(test),), scale), test_eff, full.baseline, {}),
-            ]
-        )
-        em, rep = fit_ridge(ds_all, holdout=len(test), seed=args.seed)
-        r2, cos = effect_metrics(em.predict(test), test_eff)
-        em.record.update({
-            "model": model.cfg.model_name, "hook": hook, "sae": "sae-ts smollm2-135m-res12-topk",
-            "scale": scale, "n_vectors": len(train), "rollouts": R,
-            "candidates": "half unit SAE decoder rows, half Gaussian directions",
-            "heldout_vectors": len(test), "heldout_rollouts": args.test_rollouts,
-            "heldout_r2": r2, "heldout_cosine": cos, "alpha": rep.alpha, "seed": args.seed,
-            "baseline": "pooled over all passes and the test set",
-            "command": res["command"], "config": cfg1.to_dict(),
-        })  # fmt: skip
-        em.save(args.save_model)
-        res["saved_model"] = {"path": args.save_model, "r2": r2, "cosine": cos}
-        print(f"saved {args.save_model}: held-out R² {r2:.3f}, cosine {cos:.3f}")
+    print("ceiling vs rollouts per prompt:", json.dumps(out["ceiling_vs_rollouts"]["all"]))
+    probe_rows = []
+    for p in args.probe:
+        probe_rows += [x for x in json.loads(p.read_text())["rows"] if x["group"] == "all"]
+    out["probe"] = probe_rows
     if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2))
-    return res
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=1))
+    if args.save_model:
+        em, rep = fit_ridge(train, holdout=max(1, len(train) // 10), seed=args.seed)
+        ev = evaluate_heldout(em, ta, tb, groups)
+        em.record["heldout"] = ev
+        em.record["campaign"] = {"n_train": len(train), "scale": scale, "data": "data/effects"}
+        em.W, em.b = em.W.half(), em.b.half()
+        em.save(args.save_model)
+        print(f"saved {args.save_model} ({rep})")
+    if args.plot:
+        plot(out, args.plot)
+
+
+def plot(out: dict, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(13, 4))
+    ax = fig.add_subplot(1, 3, 1)
+    for g, c in (("all", "k"), ("dec", "tab:blue"), ("gauss", "tab:orange")):
+        ns = [f["n"] for f in out["fits"]]
+        ax.plot(ns, [f[g]["r2"] for f in out["fits"]], "o-", color=c, label=f"R² ({g})")
+        ax.fill_between(ns, [f[g]["r2_ci"][0] for f in out["fits"]],
+                        [f[g]["r2_ci"][1] for f in out["fits"]], color=c, alpha=0.15)  # fmt: skip
+        ax.plot(ns, [f[g]["ceiling"] for f in out["fits"]], "--", color=c, label=f"ceiling ({g})")
+    ax.axvline(576, color="grey", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.set_xlabel("training vectors (1 rollout each)")
+    ax.set_ylabel("held-out R²")
+    ax.set_title(f"fit vs budget (scale {out['scale']:.0f})")
+    ax.legend(fontsize=7)
+    ax = fig.add_subplot(1, 3, 2)
+    for g, c in (("all", "k"), ("dec", "tab:blue"), ("gauss", "tab:orange")):
+        d = out["ceiling_vs_rollouts"][g]
+        ax.plot([int(k) for k in d], list(d.values()), "o-", color=c, label=g)
+    ax.set_xscale("log")
+    ax.set_xlabel("rollouts per prompt")
+    ax.set_ylabel("noise ceiling (R² of true effects)")
+    ax.set_title("ceiling vs rollouts")
+    ax.legend(fontsize=7)
+    ax = fig.add_subplot(1, 3, 3)
+    protos = sorted({r["protocol"] for r in out["probe"]})
+    for p in protos:
+        rows = sorted((r for r in out["probe"] if r["protocol"] == p), key=lambda r: r["fraction"])
+        ax.plot([r["fraction"] for r in rows], [r["split_half_r2"] for r in rows], "o-", label=p)
+    ax.set_xlabel("scale / per-token residual norm")
+    ax.set_ylabel("split-half R² (2 rollouts per half)")
+    ax.set_title("reliability vs scale (probe)")
+    if protos:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f"plot: {path}")
 
 
 if __name__ == "__main__":

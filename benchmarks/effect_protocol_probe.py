@@ -38,8 +38,9 @@ from sae_ts.effects import (
     decoder_directions,
     random_directions,
     reference_texts,
+    typical_residual_norm,
 )
-from sae_ts.models import hook_layer, load_default, to_tokens
+from sae_ts.models import load_default, to_tokens
 
 
 def split_half(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
@@ -59,14 +60,6 @@ def split_half(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
     }
 
 
-def typical_norm(model, hook: str) -> float:
-    toks = to_tokens(model, reference_texts(2000))[:, :256]
-    with torch.no_grad():
-        _, cache = model.run_with_cache(toks, names_filter=hook, stop_at_layer=hook_layer(hook) + 1)
-    n = cache[hook][0, 1:].float().norm(dim=-1)
-    return float(n[n < 7 * n.median()].median())
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--protocols", default="topk:indep,topp:indep,topk:coupled",
@@ -84,7 +77,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"command: python benchmarks/effect_protocol_probe.py {vars(args)}")
     model, sae, hook = load_default()
-    norm = typical_norm(model, hook)
+    norm = typical_residual_norm(model, hook)
     print(f"typical per-token residual norm at {hook}: {norm:.1f}")
     dirs = torch.cat(
         [

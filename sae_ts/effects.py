@@ -606,6 +606,21 @@ def calibrate_scales(
     return torch.as_tensor(result, dtype=torch.float32)
 
 
+def typical_residual_norm(model: HookedTransformer, hook_name: str) -> float:
+    """The median per-token residual norm at ``hook_name`` on the reference text, sinks left out.
+
+    Scales in sae-ts's protocols are given as fractions of this (about 143.7 at
+    ``blocks.12.hook_resid_post`` of the embedded model).
+    """
+    toks = to_tokens(model, reference_texts(2000))[:, :256]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(
+            toks, names_filter=hook_name, stop_at_layer=hook_layer(hook_name) + 1
+        )
+    n = cache[hook_name][0, 1:].float().norm(dim=-1)
+    return float(n[n < 7 * n.median()].median())
+
+
 def reference_texts(n_chars: int = 4000) -> list[str]:
     """A reference text that is always available offline: Python's own ``pydoc_data.topics``."""
     from pydoc_data.topics import topics
@@ -627,9 +642,9 @@ def sae_fingerprint(sae: Any) -> str:
 
 
 def _manifest_key(config: EffectConfig, seed: int, extra: dict[str, Any]) -> str:
-    blob = json.dumps(
-        {"config": config.to_dict(), "seed": seed, **extra}, sort_keys=True, default=str
-    )
+    # batch_rows changes speed, not results (batched equals unbatched), so it is not in the key
+    cfg = {k: v for k, v in config.to_dict().items() if k != "batch_rows"}
+    blob = json.dumps({"config": cfg, "seed": seed, **extra}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -688,6 +703,8 @@ def estimate_effects(
         "config": estimator.config.to_dict(),
         "seed": estimator.seed,
         "inputs_fingerprint": fingerprint,
+        "device": str(estimator.model.cfg.device),
+        "torch": torch.__version__,
         "scale_mode": "fixed" if fixed is not None else "calibrated",
         "store_dtype": str(store_dtype).removeprefix("torch."),
         "scales_fingerprint": None
@@ -720,7 +737,15 @@ def estimate_effects(
                 now = json.loads(
                     json.dumps({**record, "n": n, "chunk_size": chunk_size}, default=str)
                 )
-                diff = [k for k in now if man.get(k) != now[k]]
+
+                def cfg(d: dict[str, Any]) -> dict[str, Any]:
+                    return {k: v for k, v in d.get("config", {}).items() if k != "batch_rows"}
+
+                diff = [
+                    k
+                    for k in now
+                    if k not in ("device", "torch", "config") and man.get(k) != now[k]
+                ] + (["config"] if cfg(man) != cfg(now) else [])
                 raise ArtifactError(
                     f"{out} holds an estimation made with other settings (differing: "
                     f"{', '.join(diff) or 'the resume key'}); resume with the same model, SAE, "
