@@ -91,7 +91,7 @@ def main() -> None:
         for g in ("all", "dec", "gauss"):
             idx = [i for i in range(len(ta)) if g == "all" or groups[i] == g]
 
-            def r2_of(sample: list[int], idx: list[int] = idx) -> float:
+            def r2_of(sample: list[int], idx: list[int] = idx, em=em) -> float:
                 j = [idx[i] for i in sample]
                 pred = em.predict(ta.inputs[j].float()).double()
                 t = y[j].double()
