@@ -39,9 +39,12 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
+from ._util import hook_layer, sink_threshold, to_tokens
 from .artifacts import ArtifactError, load_artifact, save_artifact, write_json_atomic
-from .models import hook_layer, to_tokens
-from .steering import HookFn, SteeringHook, add_hooks, check_vector
+from .generation import sample as _sample_with_uniforms
+from .sae import check_pair, sink_reference_norm
+from .steering import SteeringHook, add_hooks, check_vector
+from .types import HookFn
 
 __all__ = [
     "PAPER_PROMPTS",
@@ -130,34 +133,6 @@ def _uniforms(seeds: Sequence[int], n: int) -> torch.Tensor:
     return out
 
 
-def _sample_with_uniforms(
-    logits: torch.Tensor,
-    u: torch.Tensor,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-) -> torch.Tensor:
-    """Inverse-CDF sampling with per-row uniforms ``u``; top-k, then top-p, then temperature.
-
-    The order (top-k, top-p over the renormalised top-k, temperature first) matches Hugging Face's
-    warpers. ``temperature == 0`` is greedy.
-    """
-    if temperature == 0.0:
-        return logits.argmax(-1)
-    logits = logits.float() / temperature
-    k = logits.shape[-1] if not top_k else min(top_k, logits.shape[-1])
-    vals, idx = torch.topk(logits, k, dim=-1)  # sorted, descending
-    probs = vals.softmax(-1)
-    if top_p is not None and top_p < 1.0:
-        cum = probs.cumsum(-1)
-        keep = (cum - probs) < top_p  # keep tokens until the mass before them reaches top_p
-        probs = probs * keep
-        probs = probs / probs.sum(-1, keepdim=True)
-    cdf = probs.cumsum(-1)
-    choice = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1).to(cdf.dtype)).clamp_max(k - 1)
-    return idx.gather(-1, choice)[:, 0]
-
-
 @dataclass
 class EffectDataset:
     """Inputs (unit vectors), their scales, measured effects and the unsteered baseline."""
@@ -228,11 +203,9 @@ class EffectEstimator:
         if not self.sae_hook:
             raise ValueError("the SAE has no cfg.metadata.hook_name; pass sae_hook=")
         self.steer_hook = steer_hook or self.sae_hook
-        for h in (self.sae_hook, self.steer_hook):
-            if h not in model.hook_dict:
-                raise ValueError(f"hook {h!r} is not in model {model.cfg.model_name!r}")
-        if int(sae.cfg.d_in) != model.cfg.d_model:
-            raise ValueError(f"SAE d_in={sae.cfg.d_in} != model d_model={model.cfg.d_model}")
+        check_pair(model, sae, self.sae_hook)
+        if self.steer_hook not in model.hook_dict:
+            raise ValueError(f"hook {self.steer_hook!r} is not in model {model.cfg.model_name!r}")
         self.config = config or EffectConfig()
         self.seed = seed
         self.d_sae = int(sae.cfg.d_sae)
@@ -246,14 +219,18 @@ class EffectEstimator:
         self._sink_threshold = self._reference_sink_threshold()
 
     def _reference_sink_threshold(self) -> float:
-        # ratio x the median residual norm at the SAE hook on the reference text (position 0 out)
+        # the one sink rule: ratio x the SAE's recorded reference norm; for an SAE without one,
+        # the median residual norm at the SAE hook on the reference text (position 0 out)
+        ref = sink_reference_norm(self.sae)
+        if ref is not None:
+            return sink_threshold(self.config.sink_ratio, ref)
         toks = to_tokens(self.model, reference_texts(2000))[:, :256]
         with torch.no_grad():
             _, cache = self.model.run_with_cache(
                 toks, names_filter=self.sae_hook, stop_at_layer=hook_layer(self.sae_hook) + 1
             )
         norms = cache[self.sae_hook][0, 1:].float().norm(dim=-1)
-        return float(self.config.sink_ratio * norms.median())
+        return sink_threshold(self.config.sink_ratio, float(norms.median()))
 
     # -- measurement -------------------------------------------------------------------------
 
@@ -465,10 +442,8 @@ def calibrate_scales(
         base_loss = float(model(resid, start_at_layer=layer + 1, tokens=toks, return_type="loss"))
         med = float(resid[0, 1:].norm(dim=-1).median())
     unit = vectors / vectors.norm(dim=-1, keepdim=True)
-    calls = {"n": 0}
 
     def loss_at(scales: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        calls["n"] += 1
         flat_s = torch.as_tensor(scales.ravel(), dtype=torch.float32)
         flat_i = torch.as_tensor(idx.ravel(), dtype=torch.long)
         out = np.empty(flat_s.shape[0])
