@@ -37,20 +37,23 @@ from typing import Any
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from ._util import cache_dir, sha256_file
+from ._util import cache_dir, hook_layer, sha256_file, to_tokens
 from .errors import ConfigError, ModelFetchError
 
 __all__ = [
     "EMBEDDED_MODEL",
     "EmbeddedModelSpec",
     "attach_tokenizer",
+    "cache_dir",
     "document_start_id",
     "fast_weight_layout",
     "fetch_embedded_model",
+    "hook_layer",
     "hooked_config_from_hf",
     "load_default_model",
     "load_hf_model",
     "prepare_tokenizer",
+    "to_tokens",
 ]
 
 log = logging.getLogger("sae_ts")

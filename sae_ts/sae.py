@@ -39,6 +39,7 @@ __all__ = [
     "make_windows",
     "reconstruct_with_passthrough",
     "reconstruction_stats",
+    "sink_mask",
     "sink_positions",
     "sink_reference_norm",
     "splice_hook",

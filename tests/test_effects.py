@@ -7,29 +7,15 @@ from sae_ts.artifacts import ArtifactError
 from sae_ts.effects import (
     EffectConfig,
     EffectEstimator,
-    _sample_with_uniforms,
     calibrate_scales,
     decoder_directions,
     estimate_effects,
     random_directions,
 )
 from sae_ts.steering import steer
+from sae_ts.testing import tiny_sae
 
 HOOK = "blocks.0.hook_resid_post"
-
-
-def tiny_sae(d_in: int, hook_name: str = HOOK, d_sae: int = 48, seed: int = 0):
-    from sae_lens import SAE, StandardSAEConfig
-    from sae_lens.saes.sae import SAEMetadata
-
-    torch.manual_seed(seed)
-    cfg = StandardSAEConfig(d_in=d_in, d_sae=d_sae, metadata=SAEMetadata(hook_name=hook_name))
-    sae = SAE.from_dict(cfg.to_dict())
-    with torch.no_grad():
-        sae.W_enc.normal_(0, 0.3)
-        sae.W_dec.copy_(sae.W_enc.T)
-        sae.b_enc.fill_(-0.1)
-    return sae
 
 
 CFG = EffectConfig(
@@ -89,8 +75,8 @@ def test_measure_matches_a_manual_steered_generation(tiny, sae):
     est = EffectEstimator(tiny, sae, config=cfg)
     v = random_directions(1, tiny.cfg.d_model, seed=9)[0]
     got = est.measure(v, 4.0, progress=False)[0]
+    from sae_ts.generation import generate
     from sae_ts.models import to_tokens
-    from sae_ts.steering import generate
 
     toks = to_tokens(tiny, ["I think"])
     with steer(tiny, v, HOOK, scale=4.0):
@@ -131,16 +117,6 @@ def test_resume_equals_uninterrupted(tiny, sae, tmp_path):
     assert torch.equal(back.effects, full.effects) and back.record["seed"] == 11
 
 
-def test_sampling_respects_top_k_and_top_p():
-    logits = torch.tensor([[5.0, 4.0, 1.0, 0.0, -1.0]]).expand(200, -1)
-    u = torch.rand(200, generator=torch.Generator().manual_seed(0))
-    out = _sample_with_uniforms(logits, u, 1.0, top_k=2, top_p=None)
-    assert set(out.tolist()) == {0, 1}
-    out = _sample_with_uniforms(logits, u, 1.0, top_k=None, top_p=0.5)
-    assert set(out.tolist()) == {0}
-    assert _sample_with_uniforms(logits, u, 0.0, None, None).unique().tolist() == [0]
-
-
 @pytest.mark.slow
 def test_calibrated_scales_hit_the_loss_target(real_model):
     hook = "blocks.12.hook_resid_post"
@@ -171,7 +147,7 @@ def test_bad_inputs(tiny, sae):
         decoder_directions(sae, [0, 999])
     with pytest.raises(ValueError, match="d_in"):
         EffectEstimator(tiny, tiny_sae(32), config=CFG)
-    with pytest.raises(ValueError, match="not in model"):
+    with pytest.raises(ValueError, match="not a hook point"):
         EffectEstimator(
             tiny, tiny_sae(tiny.cfg.d_model, hook_name="blocks.5.hook_resid_post"), config=CFG
         )

@@ -24,7 +24,7 @@ from ..effects import (
 from ..evaluation import measure_vector
 from ..solver import Target, solve_with_info
 from ..steering import SteeringVector
-from ._common import (
+from .common import (
     add_dataclass_args,
     add_model_args,
     add_target_args,

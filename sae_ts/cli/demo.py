@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from ..experiments.demo import DemoBudget, format_table, run_demo
-from ._common import add_dataclass_args, config_from_args
+from .common import add_dataclass_args, config_from_args
 
 __all__ = ["add_cli_commands"]
 

@@ -12,7 +12,7 @@ import torch
 from ..effect_model import LinearEffectModel, load_default_effect_model
 from ..experiments.reliability_report import run_reliability
 from ..steering import SteeringVector
-from ._common import add_model_args, load_from_args
+from .common import add_model_args, load_from_args
 
 __all__ = ["add_cli_commands"]
 

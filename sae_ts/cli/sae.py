@@ -11,7 +11,7 @@ import torch
 from ..artifacts import write_json_atomic
 from ..sae import evaluate_sae
 from ..training.corpus import eval_texts
-from ._common import add_model_args, load_from_args
+from .common import add_model_args, load_from_args
 
 __all__ = ["add_cli_commands"]
 

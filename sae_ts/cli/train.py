@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from ..training import TrainConfig, run_training
-from ._common import add_dataclass_args, config_from_args
+from .common import add_dataclass_args, config_from_args
 
 __all__ = ["add_cli_commands"]
 

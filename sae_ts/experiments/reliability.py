@@ -41,6 +41,8 @@ from ..steering import SteeringHook, add_hooks, check_vector
 from ..types import Method, SAELike
 
 __all__ = [
+    "letter_id",
+    "mc_prompt",
     "MULTIPLIERS",
     "MCItem",
     "SteerabilityResult",
@@ -190,7 +192,8 @@ def ood_variants(name: str) -> dict[str, tuple[str | None, str]]:
     }
 
 
-def _prompt(model: HookedTransformer, item: MCItem, system: str | None, prefix: str) -> str:
+def mc_prompt(model: HookedTransformer, item: MCItem, system: str | None, prefix: str) -> str:
+    """The chat-formatted question of ``item`` (with ``system`` and ``prefix``), ending in ``(``."""
     tok = model.tokenizer
     assert tok is not None
     msgs = ([{"role": "system", "content": system}] if system else []) + [
@@ -200,7 +203,8 @@ def _prompt(model: HookedTransformer, item: MCItem, system: str | None, prefix: 
     return str(text) + "("
 
 
-def _letter_id(model: HookedTransformer, letter: str) -> int:
+def letter_id(model: HookedTransformer, letter: str) -> int:
+    """The token id of an answer letter as it follows ``(``."""
     assert model.tokenizer is not None
     ids = model.tokenizer("(" + letter, add_special_tokens=False).input_ids
     return int(ids[-1])
@@ -244,7 +248,7 @@ def propensity_curves(
     assert model.tokenizer is not None
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
-        texts = [_prompt(model, it, system, prefix) for it in chunk]
+        texts = [mc_prompt(model, it, system, prefix) for it in chunk]
         toks = model.to_tokens(texts, prepend_bos=True, padding_side="left")
         b = toks.shape[0]
         cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, b)
@@ -257,8 +261,8 @@ def propensity_curves(
             logits = model(last, past_kv_cache=cache)[:, -1].view(b, nv, k, -1)
         for j, it in enumerate(chunk):
             diff = (
-                logits[j, :, :, _letter_id(model, it.pos)]
-                - logits[j, :, :, _letter_id(model, it.neg)]
+                logits[j, :, :, letter_id(model, it.pos)]
+                - logits[j, :, :, letter_id(model, it.neg)]
             )
             out[start + j] = diff.float().cpu().numpy()
     return out[:, 0] if single else out
@@ -357,8 +361,8 @@ def caa_mc_vector(
     """
     if not items:
         raise ConfigError("no items to train on")
-    pos = [_prompt(model, it, system, prefix) + it.pos for it in items]
-    neg = [_prompt(model, it, system, prefix) + it.neg for it in items]
+    pos = [mc_prompt(model, it, system, prefix) + it.pos for it in items]
+    neg = [mc_prompt(model, it, system, prefix) + it.neg for it in items]
     diffs = mean_activations(
         model, pos, hook_name, "last", batch_size=batch_size
     ) - mean_activations(model, neg, hook_name, "last", batch_size=batch_size)
