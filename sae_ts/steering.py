@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformer_lens import HookedTransformer
@@ -75,7 +75,7 @@ def add_hooks(model: HookedTransformer, fwd_hooks: Sequence[tuple[str, HookFn]])
     try:
         for name, fn in fwd_hooks:
             hp = _hook_point(model, name)
-            hp.add_hook(fn, dir="fwd")
+            hp.add_hook(cast(Any, fn), dir="fwd")  # TL names the tensor argument; ours need not
             added.append((hp, fn))
         yield
     finally:

@@ -161,3 +161,26 @@ def test_bad_inputs(tiny, sae):
         )
     with pytest.raises(ValueError, match="zero vector"):
         estimate_effects(est, torch.zeros(2, tiny.cfg.d_model), 1.0, progress=False)
+
+
+@pytest.mark.slow
+def test_embedded_effects_are_pinned(real_model):
+    """A fixed-seed effect on the embedded model, pinned across refactors.
+
+    Recorded before the layout refactor (issue 11) with the estimator's own sink threshold
+    (7 x the reference-text median, 1006.2) and unchanged, bit for bit, with the one sink rule
+    (7 x the SAE's recorded reference norm 143.341 = 1003.4).
+    """
+    from sae_ts.sae import load_default_sae
+
+    sae = load_default_sae()
+    est = EffectEstimator(real_model, sae, config=EffectConfig(rollouts=1, seq_len=16), seed=0)
+    v = torch.cat(
+        [
+            decoder_directions(sae, n=1, seed=0),
+            random_directions(1, real_model.cfg.d_model, seed=0),
+        ]
+    )
+    eff = est.measure(v, 30.0, progress=False) - est.baseline(progress=False)
+    assert torch.allclose(eff.sum(1), torch.tensor([-10.7685, 0.6605]), atol=2e-3), eff.sum(1)
+    assert torch.allclose(eff.abs().sum(1), torch.tensor([160.9566, 134.3208]), atol=2e-3)

@@ -41,13 +41,13 @@ from ..steering import SteeringHook, add_hooks, check_vector
 from ..types import Method, SAELike
 
 __all__ = [
-    "letter_id",
-    "mc_prompt",
     "MULTIPLIERS",
     "MCItem",
     "SteerabilityResult",
     "caa_mc_vector",
+    "letter_id",
     "load_mwe",
+    "mc_prompt",
     "ood_variants",
     "propensity_curves",
     "sae_ts_mc_vector",
