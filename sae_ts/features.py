@@ -29,6 +29,7 @@ from .artifacts import write_json_atomic
 from .errors import ConfigError, MissingFileError
 from .sae import check_pair, sink_positions
 from .training.activations import ActivationCache
+from .types import SAELike
 
 __all__ = [
     "FeatureIndexBuilder",
@@ -158,7 +159,7 @@ class FeatureIndexBuilder:
 
 
 def _batches_from_model(
-    model: Any, sae: Any, windows: torch.Tensor, batch_size: int, sink_ratio: float | None
+    model: Any, sae: SAELike, windows: torch.Tensor, batch_size: int, sink_ratio: float | None
 ) -> Iterator[_Batch]:
     hook = check_pair(model, sae)
     layer = int(hook.split(".")[1])
@@ -174,7 +175,7 @@ def _batches_from_model(
 
 
 def build_feature_index(
-    sae: Any,
+    sae: SAELike,
     batches: Iterable[_Batch] | None = None,
     *,
     windows: torch.Tensor,

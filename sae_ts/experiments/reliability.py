@@ -35,7 +35,7 @@ from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from ..baselines import find_features, mean_activations
 from ..effect_model import LinearEffectModel
-from ..errors import ConfigError
+from ..errors import ConfigError, MissingFileError
 from ..solver import Target, solve
 from ..steering import SteeringHook, add_hooks, check_vector
 from ..types import Method, SAELike
@@ -79,7 +79,7 @@ def load_mwe(path: str | Path) -> list[dict[str, Any]]:
     """Read a model-written-evals JSONL file; check every record has the needed fields."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no dataset at {path}")
+        raise MissingFileError(f"no dataset at {path}")
     records = []
     with open(path) as f:
         for i, line in enumerate(f, 1):

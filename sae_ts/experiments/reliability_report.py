@@ -25,6 +25,8 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from ..artifacts import write_json_atomic
+from ..errors import ConfigError
+from ..types import SAELike
 from .reliability import (
     MULTIPLIERS,
     caa_mc_vector,
@@ -59,7 +61,7 @@ def analyse_dataset(
     max_items: int | None = 200,
     seed: int = 0,
     variants: bool = True,
-    sae: Any = None,
+    sae: SAELike | None = None,
     effect_model: Any = None,
 ) -> dict[str, Any]:
     """The analysis of one dataset; returns the JSON-ready record (curves kept for plots).
@@ -84,7 +86,7 @@ def analyse_dataset_multi(
     max_items: int | None = 200,
     seed: int = 0,
     variants: bool = True,
-    sae: Any = None,
+    sae: SAELike | None = None,
     effect_model: Any = None,
 ) -> dict[str, dict[str, Any]]:
     """:func:`analyse_dataset` for several vectors on the same split, sharing prompt prefixes."""
@@ -102,13 +104,13 @@ def analyse_dataset_multi(
             v, kind = caa, "caa"
         elif isinstance(vector, str) and vector == "sae_ts":
             if sae is None or effect_model is None:
-                raise ValueError("vector='sae_ts' needs the SAE and an effect model")
+                raise ConfigError("vector='sae_ts' needs the SAE and an effect model")
             if sae.cfg.metadata.hook_name != hook_name:
-                raise ValueError(f"the SAE reads {sae.cfg.metadata.hook_name}, not {hook_name}")
+                raise ConfigError(f"the SAE reads {sae.cfg.metadata.hook_name}, not {hook_name}")
             vt, feats = sae_ts_mc_vector(model, sae, effect_model, tr, hook_name)
             v, kind = vt / vt.norm() * caa.norm(), "sae_ts (rescaled to the CAA norm)"
         elif isinstance(vector, str):
-            raise ValueError(f"unknown vector {vector!r}: use 'caa', 'sae_ts' or a tensor")
+            raise ConfigError(f"unknown vector {vector!r}: use 'caa', 'sae_ts' or a tensor")
         else:
             vt = torch.as_tensor(vector, dtype=torch.float32)
             v, kind = vt / vt.norm() * caa.norm(), "given (rescaled to the CAA norm)"

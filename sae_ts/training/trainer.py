@@ -25,6 +25,7 @@ from ..artifacts import versions, write_json_atomic
 from ..errors import ConfigError
 from ..models import EMBEDDED_MODEL, document_start_id, load_default_model
 from ..sae import DEFAULT_SAE_DIR, evaluate_sae, load_sae, make_windows, reconstruction_stats
+from ..types import SAELike
 from .activations import (
     ActivationCache,
     CachedActivationBatches,
@@ -314,7 +315,7 @@ def _reference_norm(cache: ActivationCache) -> float:
 
 
 def evaluate_trained(
-    sae: Any, held: ActivationCache, ood: ActivationCache, ce_tokens: int | None
+    sae: SAELike, held: ActivationCache, ood: ActivationCache, ce_tokens: int | None
 ) -> dict[str, Any]:
     """Quality figures of a trained SAE on the cached held-out and out-of-domain splits.
 
