@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sae_ts.comparison import METHODS, load_task, run_comparison
+from sae_ts.experiments.comparison import METHODS, load_task, run_comparison
 
 TASKS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "concepts" / "saets"
 

@@ -38,7 +38,7 @@ from sae_ts.effects import (
     random_directions,
     typical_residual_norm,
 )
-from sae_ts.models import load_default
+from sae_ts.loading import load_default
 
 REPO = Path(__file__).resolve().parents[1]
 

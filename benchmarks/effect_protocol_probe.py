@@ -40,7 +40,8 @@ from sae_ts.effects import (
     reference_texts,
     typical_residual_norm,
 )
-from sae_ts.models import load_default, to_tokens
+from sae_ts.loading import load_default
+from sae_ts.models import to_tokens
 
 
 def split_half(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:

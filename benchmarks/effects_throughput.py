@@ -20,7 +20,8 @@ import torch
 
 import sae_ts
 from sae_ts.effects import EffectConfig, EffectEstimator, random_directions
-from sae_ts.models import fast_weight_layout, hook_layer, sink_mask, to_tokens
+from sae_ts.models import fast_weight_layout, hook_layer, to_tokens
+from sae_ts.sae import sink_mask
 from sae_ts.steering import steer
 
 

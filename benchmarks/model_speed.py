@@ -12,8 +12,8 @@ import time
 
 import torch
 
+from sae_ts.generation import generate
 from sae_ts.models import load_default_model, to_tokens
-from sae_ts.steering import generate
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -21,7 +21,7 @@ import torch
 
 from sae_ts.models import document_start_id, load_default_model
 from sae_ts.sae import DEFAULT_SAE_DIR, evaluate_sae, load_sae, make_windows
-from sae_ts.sae_training import build_corpus
+from sae_ts.training import build_corpus
 
 
 def main() -> int:

@@ -8,14 +8,19 @@ Quick start::
     import sae_ts
     model, sae, hook = sae_ts.load_default()          # embedded SmolLM2-135M + its SAE, offline
     with sae_ts.steer(model, sae.W_dec[123], hook, scale=40.0):
-        print(model.generate("I think", max_new_tokens=20))
+        text = model.generate("I think", max_new_tokens=20)
+
+This namespace holds the curated public API. Everything else is importable from its module:
+:mod:`sae_ts.models` (the embedded model), :mod:`sae_ts.sae` (SAE loading, sink-aware encoding,
+quality), :mod:`sae_ts.artifacts`, :mod:`sae_ts.errors`, :mod:`sae_ts.types`,
+:mod:`sae_ts.judges`, :mod:`sae_ts.experiments`, :mod:`sae_ts.training`, :mod:`sae_ts.features`
+and :mod:`sae_ts.testing` (tiny models for tests).
 """
 
 from __future__ import annotations
 
 from importlib import metadata as _metadata
 
-from .artifacts import ArtifactError, load_artifact, save_artifact
 from .baselines import caa_vector, find_features, sae_latent_vector
 from .effect_model import FitReport, LinearEffectModel, fit_adam, fit_ridge
 from .effects import (
@@ -27,22 +32,12 @@ from .effects import (
     estimate_effects,
     random_directions,
 )
+from .errors import SaeTsError
 from .evaluation import Measurement, measure_vector
-from .models import (
-    HubUnavailableError,
-    Loaded,
-    ModelFetchError,
-    check_pair,
-    fetch_embedded_model,
-    load,
-    load_default,
-    load_default_model,
-    sink_mask,
-    tiny_model,
-    to_tokens,
-)
-from .solver import Target, refine, solve
-from .steering import SteeringHook, SteeringVector, add_hooks, generate, steer
+from .generation import generate
+from .loading import Loaded, load, load_default
+from .solver import Target, refine, solve, solve_with_info
+from .steering import SteeringHook, SteeringVector, steer
 
 try:
     __version__ = _metadata.version("sae-ts")
@@ -50,43 +45,33 @@ except _metadata.PackageNotFoundError:  # pragma: no cover - running from a sour
     __version__ = "0.0.0+unknown"
 
 __all__ = [
-    "ArtifactError",
     "EffectConfig",
     "EffectDataset",
     "EffectEstimator",
     "FitReport",
-    "HubUnavailableError",
     "LinearEffectModel",
     "Loaded",
     "Measurement",
-    "ModelFetchError",
+    "SaeTsError",
     "SteeringHook",
     "SteeringVector",
     "Target",
     "__version__",
-    "add_hooks",
     "caa_vector",
     "calibrate_scales",
-    "check_pair",
     "decoder_directions",
     "estimate_effects",
-    "fetch_embedded_model",
     "find_features",
     "fit_adam",
     "fit_ridge",
     "generate",
     "load",
-    "load_artifact",
     "load_default",
-    "load_default_model",
     "measure_vector",
     "random_directions",
     "refine",
     "sae_latent_vector",
-    "save_artifact",
-    "sink_mask",
     "solve",
+    "solve_with_info",
     "steer",
-    "tiny_model",
-    "to_tokens",
 ]

@@ -20,13 +20,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .errors import ArtifactError
+
 __all__ = ["ArtifactError", "load_artifact", "save_artifact", "versions", "write_json_atomic"]
 
 FORMAT_VERSION = 1
-
-
-class ArtifactError(ValueError):
-    """An artefact is missing, corrupt, or does not belong where it is being loaded."""
 
 
 def versions() -> dict[str, str]:

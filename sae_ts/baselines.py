@@ -13,24 +13,27 @@ multipliers are defined on).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from transformer_lens import HookedTransformer
 
-from .models import hook_layer, sink_mask, to_tokens
+from ._util import DEFAULT_SINK_RATIO, hook_layer, sink_mask, to_tokens
+from .errors import ConfigError, InputTypeError
+from .sae import sink_positions
+from .types import SAELike
 
 __all__ = ["caa_vector", "find_features", "mean_activations", "sae_latent_vector"]
 
 
 def _check_texts(texts: Sequence[str], name: str) -> list[str]:
     if isinstance(texts, str):
-        raise TypeError(f"{name} must be a list of strings, not one string")
+        raise InputTypeError(f"{name} must be a list of strings, not one string")
     texts = list(texts)
     if not texts:
-        raise ValueError(f"{name} is empty")
+        raise ConfigError(f"{name} is empty")
     if not all(isinstance(t, str) and t.strip() for t in texts):
-        raise ValueError(f"{name} contains an empty or non-string text")
+        raise ConfigError(f"{name} contains an empty or non-string text")
     return texts
 
 
@@ -40,13 +43,13 @@ def mean_activations(
     texts: Sequence[str],
     hook_name: str,
     positions: Literal["all", "last"] = "all",
-    sink_ratio: float | None = 7.0,
+    sink_ratio: float | None = DEFAULT_SINK_RATIO,
     batch_size: int = 16,
 ) -> torch.Tensor:
     """``[n_texts, d_model]``: each text's activation at ``hook_name`` (mean over positions or last)."""
     texts = _check_texts(texts, "texts")
     if positions not in ("all", "last"):
-        raise ValueError(f"positions must be 'all' or 'last', got {positions!r}")
+        raise ConfigError(f"positions must be 'all' or 'last', got {positions!r}")
     out = []
     for i in range(0, len(texts), batch_size):
         chunk = texts[i : i + batch_size]
@@ -88,15 +91,15 @@ def caa_vector(
     return v
 
 
-def sae_latent_vector(sae: Any, features: Mapping[int, float] | Sequence[int]) -> torch.Tensor:
+def sae_latent_vector(sae: SAELike, features: Mapping[int, float] | Sequence[int]) -> torch.Tensor:
     """Unit-norm weighted sum of SAE decoder rows."""
     feats = dict(features) if isinstance(features, Mapping) else {int(f): 1.0 for f in features}
     if not feats:
-        raise ValueError("no features given")
+        raise ConfigError("no features given")
     d_sae = int(sae.cfg.d_sae)
     bad = [f for f in feats if not 0 <= int(f) < d_sae]
     if bad:
-        raise ValueError(f"feature ids out of range [0, {d_sae}): {bad}")
+        raise ConfigError(f"feature ids out of range [0, {d_sae}): {bad}")
     W = sae.W_dec.detach().float().cpu()
     v = sum(w * W[int(f)] / W[int(f)].norm() for f, w in feats.items())
     assert isinstance(v, torch.Tensor)
@@ -105,7 +108,7 @@ def sae_latent_vector(sae: Any, features: Mapping[int, float] | Sequence[int]) -
 
 @torch.no_grad()
 def _feature_means(
-    model: HookedTransformer, sae: Any, texts: list[str], hook_name: str, sink_ratio: float
+    model: HookedTransformer, sae: SAELike, texts: list[str], hook_name: str, sink_ratio: float
 ) -> torch.Tensor:
     sums = torch.zeros(int(sae.cfg.d_sae))
     count = 0
@@ -115,7 +118,7 @@ def _feature_means(
             toks, names_filter=hook_name, stop_at_layer=hook_layer(hook_name) + 1
         )
         acts = cache[hook_name].float()
-        keep = ~sink_mask(acts, sink_ratio)[0]
+        keep = ~sink_positions(sae, acts, sink_ratio)[0]  # the SAE's reference norm
         feats = sae.encode(acts[0][keep].to(sae.W_enc.dtype)).float().cpu()
         sums += feats.sum(0)
         count += int(keep.sum())
@@ -124,12 +127,12 @@ def _feature_means(
 
 def find_features(
     model: HookedTransformer,
-    sae: Any,
+    sae: SAELike,
     pos_texts: Sequence[str],
     neg_texts: Sequence[str],
     hook_name: str | None = None,
     top: int = 5,
-    sink_ratio: float = 7.0,
+    sink_ratio: float = DEFAULT_SINK_RATIO,
 ) -> list[tuple[int, float]]:
     """SAE latents that fire more on ``pos_texts`` than on ``neg_texts``, best first.
 

@@ -39,9 +39,13 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
+from ._util import hook_layer, sink_threshold, to_tokens
 from .artifacts import ArtifactError, load_artifact, save_artifact, write_json_atomic
-from .models import hook_layer, to_tokens
-from .steering import HookFn, SteeringHook, add_hooks, check_vector
+from .generation import gumbel_noise, sample_gumbel
+from .generation import sample as _sample_with_uniforms
+from .sae import check_pair, sink_reference_norm
+from .steering import SteeringHook, add_hooks, check_vector
+from .types import HookFn
 
 __all__ = [
     "PAPER_PROMPTS",
@@ -144,67 +148,6 @@ def _uniforms(seeds: Sequence[int], n: int) -> torch.Tensor:
     return out
 
 
-def _sample_with_uniforms(
-    logits: torch.Tensor,
-    u: torch.Tensor,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-) -> torch.Tensor:
-    """Inverse-CDF sampling with per-row uniforms ``u``; top-k, then top-p, then temperature.
-
-    The order (top-k, top-p over the renormalised top-k, temperature first) matches Hugging Face's
-    warpers. ``temperature == 0`` is greedy.
-    """
-    if temperature == 0.0:
-        return logits.argmax(-1)
-    logits = logits.float() / temperature
-    k = logits.shape[-1] if not top_k else min(top_k, logits.shape[-1])
-    vals, idx = torch.topk(logits, k, dim=-1)  # sorted, descending
-    probs = vals.softmax(-1)
-    if top_p is not None and top_p < 1.0:
-        cum = probs.cumsum(-1)
-        keep = (cum - probs) < top_p  # keep tokens until the mass before them reaches top_p
-        probs = probs * keep
-        probs = probs / probs.sum(-1, keepdim=True)
-    cdf = probs.cumsum(-1)
-    choice = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1).to(cdf.dtype)).clamp_max(k - 1)
-    return idx.gather(-1, choice)[:, 0]
-
-
-def _gumbels(seeds: Sequence[int], vocab: int, device: torch.device | str) -> torch.Tensor:
-    """Standard Gumbel noise ``[len(seeds), vocab]``, one seeded stream per row."""
-    out = torch.empty(len(seeds), vocab)
-    for i, s in enumerate(seeds):
-        u = torch.rand(vocab, generator=torch.Generator().manual_seed(s), dtype=torch.float64)
-        out[i] = -torch.log(-torch.log(u.clamp(1e-300, 1.0 - 1e-16)))
-    return out.to(device)
-
-
-def _sample_gumbel(
-    logits: torch.Tensor,
-    g: torch.Tensor,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-) -> torch.Tensor:
-    """Gumbel-max sampling with noise ``g`` indexed by vocabulary id (shared across rows).
-
-    The candidate set is the same as :func:`_sample_with_uniforms`'s (top-k, then the top-p cut on
-    the renormalised top-k); within it, ``argmax(logit / T + g)`` draws exactly from the truncated
-    distribution. Rows that share ``g`` pick the same token whenever their logits are close.
-    """
-    logits = logits.float() / temperature
-    k = logits.shape[-1] if not top_k else min(top_k, logits.shape[-1])
-    vals, idx = torch.topk(logits, k, dim=-1)
-    if top_p is not None and top_p < 1.0:
-        probs = vals.softmax(-1)
-        keep = (probs.cumsum(-1) - probs) < top_p
-        vals = vals.masked_fill(~keep, float("-inf"))
-    score = vals + g.gather(-1, idx)
-    return idx.gather(-1, score.argmax(-1, keepdim=True))[:, 0]
-
-
 @dataclass
 class EffectDataset:
     """Inputs (unit vectors), their scales, measured effects and the unsteered baseline."""
@@ -300,11 +243,9 @@ class EffectEstimator:
         if not self.sae_hook:
             raise ValueError("the SAE has no cfg.metadata.hook_name; pass sae_hook=")
         self.steer_hook = steer_hook or self.sae_hook
-        for h in (self.sae_hook, self.steer_hook):
-            if h not in model.hook_dict:
-                raise ValueError(f"hook {h!r} is not in model {model.cfg.model_name!r}")
-        if int(sae.cfg.d_in) != model.cfg.d_model:
-            raise ValueError(f"SAE d_in={sae.cfg.d_in} != model d_model={model.cfg.d_model}")
+        check_pair(model, sae, self.sae_hook)
+        if self.steer_hook not in model.hook_dict:
+            raise ValueError(f"hook {self.steer_hook!r} is not in model {model.cfg.model_name!r}")
         self.config = config or EffectConfig()
         self.seed = seed
         self.d_sae = int(sae.cfg.d_sae)
@@ -318,14 +259,18 @@ class EffectEstimator:
         self._sink_threshold = self._reference_sink_threshold()
 
     def _reference_sink_threshold(self) -> float:
-        # ratio x the median residual norm at the SAE hook on the reference text (position 0 out)
+        # the one sink rule: ratio x the SAE's recorded reference norm; for an SAE without one,
+        # the median residual norm at the SAE hook on the reference text (position 0 out)
+        ref = sink_reference_norm(self.sae)
+        if ref is not None:
+            return sink_threshold(self.config.sink_ratio, ref)
         toks = to_tokens(self.model, reference_texts(2000))[:, :256]
         with torch.no_grad():
             _, cache = self.model.run_with_cache(
                 toks, names_filter=self.sae_hook, stop_at_layer=hook_layer(self.sae_hook) + 1
             )
         norms = cache[self.sae_hook][0, 1:].float().norm(dim=-1)
-        return float(self.config.sink_ratio * norms.median())
+        return sink_threshold(self.config.sink_ratio, float(norms.median()))
 
     # -- measurement -------------------------------------------------------------------------
 
@@ -400,8 +345,10 @@ class EffectEstimator:
             )
             for i in range(steps):
                 if cfg.coupled:
-                    g = _gumbels([_stream_seed(x, i) for x in uniq], logits.shape[-1], device)
-                    nxt = _sample_gumbel(
+                    g = gumbel_noise(
+                        [_stream_seed(x, i) for x in uniq], logits.shape[-1], logits.device
+                    )
+                    nxt = sample_gumbel(
                         logits[:, -1], g[row_of], cfg.temperature, cfg.top_k, cfg.top_p
                     )
                 else:
@@ -568,10 +515,8 @@ def calibrate_scales(
         base_loss = float(model(resid, start_at_layer=layer + 1, tokens=toks, return_type="loss"))
         med = float(resid[0, 1:].norm(dim=-1).median())
     unit = vectors / vectors.norm(dim=-1, keepdim=True)
-    calls = {"n": 0}
 
     def loss_at(scales: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        calls["n"] += 1
         flat_s = torch.as_tensor(scales.ravel(), dtype=torch.float32)
         flat_i = torch.as_tensor(idx.ravel(), dtype=torch.long)
         out = np.empty(flat_s.shape[0])

@@ -9,6 +9,7 @@ import torch
 
 from .effect_model import LinearEffectModel
 from .effects import EffectEstimator
+from .errors import ConfigError
 from .solver import Target, target_stats
 
 __all__ = ["Measurement", "measure_vector"]
@@ -59,7 +60,7 @@ def measure_vector(
     comparison is meaningful at that scale. ``baseline`` defaults to a fresh unsteered baseline.
     """
     if vector.ndim != 1:
-        raise ValueError(f"measure one [d_model] vector at a time, got {tuple(vector.shape)}")
+        raise ConfigError(f"measure one [d_model] vector at a time, got {tuple(vector.shape)}")
     unit = vector.float() / vector.float().norm()
     target.validate(estimator.d_sae)
     if baseline is None:

@@ -15,7 +15,6 @@ its mean activation when firing, and writes
 
 from __future__ import annotations
 
-import argparse
 import html
 import json
 import re
@@ -27,11 +26,15 @@ from typing import Any
 import torch
 
 from .artifacts import write_json_atomic
+from .errors import ConfigError, MissingFileError
+from .sae import check_pair, sink_positions
+from .training.activations import ActivationCache
+from .types import SAELike
 
 __all__ = [
     "FeatureIndexBuilder",
-    "add_cli_commands",
     "build_feature_index",
+    "cache_batches",
     "load_feature_index",
     "search_features",
     "write_feature_browser",
@@ -54,7 +57,7 @@ class FeatureIndexBuilder:
 
     def __init__(self, d_sae: int, n_top: int = 10):
         if d_sae <= 0 or n_top <= 0:
-            raise ValueError(f"d_sae and n_top must be positive, got {d_sae}, {n_top}")
+            raise ConfigError(f"d_sae and n_top must be positive, got {d_sae}, {n_top}")
         self.d_sae = d_sae
         self.n_top = n_top
         self.top_vals = torch.full((n_top, d_sae), -1.0)
@@ -67,9 +70,9 @@ class FeatureIndexBuilder:
     def add(self, feats: torch.Tensor, seq: torch.Tensor, pos: torch.Tensor) -> None:
         """Add feature activations ``[n, d_sae]`` of tokens at window ``seq``, position ``pos``."""
         if feats.ndim != 2 or feats.shape[1] != self.d_sae:
-            raise ValueError(f"feats must be [n, {self.d_sae}], got {tuple(feats.shape)}")
+            raise ConfigError(f"feats must be [n, {self.d_sae}], got {tuple(feats.shape)}")
         if seq.shape != (feats.shape[0],) or pos.shape != (feats.shape[0],):
-            raise ValueError("seq and pos must be [n] like feats")
+            raise ConfigError("seq and pos must be [n] like feats")
         feats = feats.detach().float().cpu()
         fired = feats > 0
         self.fire_count += fired.sum(0)
@@ -107,7 +110,7 @@ class FeatureIndexBuilder:
     ) -> dict[str, Any]:
         """The index: per live latent its frequency, mean activation and top contexts."""
         if self.n_tokens == 0:
-            raise ValueError("no tokens were added to the feature index")
+            raise ConfigError("no tokens were added to the feature index")
         latents: dict[str, Any] = {}
         cache: dict[int, str] = {}
 
@@ -156,11 +159,9 @@ class FeatureIndexBuilder:
 
 
 def _batches_from_model(
-    model: Any, sae: Any, windows: torch.Tensor, batch_size: int, sink_ratio: float | None
+    model: Any, sae: SAELike, windows: torch.Tensor, batch_size: int, sink_ratio: float | None
 ) -> Iterator[_Batch]:
-    from .sae import check_compatible, sink_positions
-
-    hook = check_compatible(model, sae)
+    hook = check_pair(model, sae)
     layer = int(hook.split(".")[1])
     device = next(model.parameters()).device
     with torch.inference_mode():
@@ -174,7 +175,7 @@ def _batches_from_model(
 
 
 def build_feature_index(
-    sae: Any,
+    sae: SAELike,
     batches: Iterable[_Batch] | None = None,
     *,
     windows: torch.Tensor,
@@ -194,16 +195,16 @@ def build_feature_index(
     from tqdm.auto import tqdm
 
     if windows.ndim != 2:
-        raise ValueError(f"windows must be [n, context], got {tuple(windows.shape)}")
+        raise ConfigError(f"windows must be [n, context], got {tuple(windows.shape)}")
     if batches is None:
         if model is None:
-            raise ValueError("give either activation batches or a model to run")
+            raise ConfigError("give either activation batches or a model to run")
         batches = _batches_from_model(model, sae, windows, batch_size, sink_ratio)
     builder = FeatureIndexBuilder(sae.cfg.d_sae, n_top)
     with torch.inference_mode():
         for batch in tqdm(batches, desc="feature index", disable=not progress):
             if batch.acts.shape[-1] != sae.cfg.d_in:
-                raise ValueError(
+                raise ConfigError(
                     f"d_in mismatch: activations have d={batch.acts.shape[-1]}, SAE d_in={sae.cfg.d_in}"
                 )
             feats = sae.encode(batch.acts.to(sae.W_enc.dtype))
@@ -223,10 +224,10 @@ def search_features(index: dict[str, Any], word: str, min_contexts: int = 1) -> 
     """
     word = word.strip()
     if not word:
-        raise ValueError("empty search word")
+        raise ConfigError("empty search word")
     latents = index.get("latents")
     if not isinstance(latents, dict):
-        raise ValueError("not a feature index (no 'latents')")
+        raise ConfigError("not a feature index (no 'latents')")
     if word.isdigit():
         return [int(word)] if word in latents else []
     pat = re.compile(rf"(?<!\w){re.escape(word)}(?!\w)", re.IGNORECASE)
@@ -247,13 +248,13 @@ def load_feature_index(path: str | Path) -> dict[str, Any]:
     if p.is_dir():
         p = p / "features.json"
     if not p.exists():
-        raise FileNotFoundError(f"no feature index at {p}")
+        raise MissingFileError(f"no feature index at {p}")
     try:
         index = json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise ValueError(f"corrupt feature index {p}: {e}") from e
+        raise ConfigError(f"corrupt feature index {p}: {e}") from e
     if index.get("format") != INDEX_FORMAT:
-        raise ValueError(f"{p} is not a sae-ts feature index (format {index.get('format')!r})")
+        raise ConfigError(f"{p} is not a sae-ts feature index (format {index.get('format')!r})")
     return dict(index)
 
 
@@ -347,9 +348,9 @@ def write_feature_browser(index: dict[str, Any], out_dir: str | Path, title: str
     return page
 
 
-def _cache_batches(cache_dirs: Sequence[Path], offsets: Sequence[int]) -> Iterator[_Batch]:
-    from .sae_training import ActivationCache
-
+def cache_batches(cache_dirs: Sequence[Path], offsets: Sequence[int]) -> Iterator[_Batch]:
+    """Batches of cached non-sink activations (activation caches of ``sae-ts train-sae``), with
+    window indices shifted by ``offsets`` so several caches index one concatenated window set."""
     for root, off in zip(cache_dirs, offsets):
         cache = ActivationCache(root)
         for p in cache.chunk_paths():
@@ -360,96 +361,3 @@ def _cache_batches(cache_dirs: Sequence[Path], offsets: Sequence[int]) -> Iterat
                     c["seq"][i : i + 8192].to(torch.int64) + off,
                     c["pos"][i : i + 8192].to(torch.int64),
                 )
-
-
-def _cmd_features(args: argparse.Namespace) -> int:
-    from .models import load_default_model
-    from .sae import load_default_sae, load_sae, make_windows
-
-    torch.manual_seed(args.seed)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    sae = load_sae(args.sae) if args.sae else load_default_sae()
-    meta = {
-        "sae": str(args.sae or "embedded SAE"),
-        "hook_name": sae.cfg.metadata.hook_name,
-        "model_name": sae.cfg.metadata.model_name,
-    }
-    if args.activations:
-        from .sae_training import ActivationCache
-
-        roots = [Path(a) for a in args.activations]
-        wins = [ActivationCache(r).tokens().to(torch.int64) for r in roots]
-        offsets = [sum(w.shape[0] for w in wins[:i]) for i in range(len(wins))]
-        windows = torch.cat(wins)
-        from transformers import AutoTokenizer
-
-        from .models import EMBEDDED_MODEL, _prepare_tokenizer, fetch_embedded_model
-
-        tok = _prepare_tokenizer(
-            AutoTokenizer.from_pretrained(fetch_embedded_model()),
-            EMBEDDED_MODEL.document_start_token,
-        )
-        meta["source"] = [str(r) for r in roots]
-        index = build_feature_index(
-            sae, _cache_batches(roots, offsets), windows=windows, tokenizer=tok,
-            n_top=args.n_top, meta=meta, progress=True,
-        )  # fmt: skip
-    else:
-        from .sae import _eval_texts
-
-        model = load_default_model()
-        texts: list[str] = []
-        for name in args.texts:
-            texts.extend(_eval_texts(name, None))
-        tok = model.tokenizer
-        if tok is None or tok.bos_token_id is None:
-            raise ValueError("the model has no tokenizer with a document-start token")
-        windows = make_windows(tok, texts, args.context_size, int(tok.bos_token_id))
-        g = torch.Generator().manual_seed(args.seed)
-        windows = windows[torch.randperm(windows.shape[0], generator=g)]
-        windows = windows[: max(1, args.max_tokens // args.context_size)]
-        meta["source"] = list(args.texts)
-        index = build_feature_index(
-            sae, windows=windows, tokenizer=tok, model=model, n_top=args.n_top,
-            batch_size=args.batch_size, meta=meta, progress=True,
-        )  # fmt: skip
-    page = write_feature_browser(index, args.out, title=args.title)
-    print(f"{index['n_live']} live latents of {index['d_sae']} over {index['n_tokens']} tokens")
-    print(f"wrote {page} and {Path(args.out) / 'features.json'}")
-    if args.search:
-        print(
-            f"latents whose top contexts contain {args.search!r}: "
-            f"{search_features(index, args.search)[:20]}"
-        )
-    return 0
-
-
-def add_cli_commands(subparsers: Any) -> None:
-    """Add ``features`` to the ``sae-ts`` command line."""
-    p = subparsers.add_parser(
-        "features",
-        help="write a browsable HTML page + JSON of every live SAE latent's top contexts",
-        description="Encode text with an SAE (sinks excluded) and write index.html (search box), "
-        "features.json and latents/NNNNN.json with each live latent's top-activating contexts, "
-        "activation frequency and mean activation.",
-    )
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--sae", help="a sae-lens SAE directory (default: the embedded SAE)")
-    p.add_argument(
-        "--activations", nargs="+",
-        help="activation cache folders written by train-sae (fast: no model forward passes)",
-    )  # fmt: skip
-    p.add_argument(
-        "--texts", nargs="+", default=["heldout", "ood"],
-        help="corpus splits or text files to run the model on (without --activations)",
-    )  # fmt: skip
-    p.add_argument("--max-tokens", type=int, default=50_000)
-    p.add_argument("--context-size", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--n-top", type=int, default=10)
-    p.add_argument("--title", default="")
-    p.add_argument("--search", help="also print the latents matching this word")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_cmd_features)

@@ -1,19 +1,19 @@
 """The embedded SAE: loading, sink-aware encoding and splicing, and quality evaluation.
 
 sae-ts ships a TopK sparse autoencoder trained with sae-lens on ``blocks.12.hook_resid_post`` of
-the embedded SmolLM2-135M-Instruct (see :mod:`sae_ts.sae_training`). It is an ordinary sae-lens
+the embedded SmolLM2-135M-Instruct (see :mod:`sae_ts.training`). It is an ordinary sae-lens
 SAE directory (``cfg.json`` + ``sae_weights.safetensors``), stored in fp16 and loaded in fp32.
 
 Attention sinks. Position 0 and a few delimiter tokens carry residual norms ~100× the median;
-the SAE never saw them in training. :func:`sink_positions` marks them (position 0, and norms above
-``sink_ratio`` × a reference median norm recorded in the SAE's metadata), :func:`encode` zeroes
+the SAE never saw them in training. :func:`sink_positions` marks them with the one sink rule
+(:func:`sae_ts._util.sink_mask`: position 0, and norms above ``sink_ratio`` × the reference norm
+recorded in the SAE's metadata), :func:`encode` zeroes
 their feature activations and :func:`reconstruct_with_passthrough` returns the original activation
 there, so splicing the SAE into the model leaves sinks untouched.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -24,13 +24,14 @@ from typing import Any
 import torch
 from sae_lens import SAE
 
-from .models import hook_layer
+from ._util import DEFAULT_SINK_RATIO, hook_layer, sink_mask
+from .errors import ConfigError, MissingFileError
+from .types import SAELike
 
 __all__ = [
     "DEFAULT_SAE_DIR",
     "SAEEvalResult",
-    "add_cli_commands",
-    "check_compatible",
+    "check_pair",
     "encode",
     "evaluate_sae",
     "load_default_sae",
@@ -38,12 +39,13 @@ __all__ = [
     "make_windows",
     "reconstruct_with_passthrough",
     "reconstruction_stats",
+    "sink_mask",
     "sink_positions",
+    "sink_reference_norm",
     "splice_hook",
 ]
 
 DEFAULT_SAE_DIR: Path = Path(__file__).resolve().parent / "assets" / "smollm2-135m-res12-topk"
-DEFAULT_SINK_RATIO = 7.0
 _SAE_FILES = ("cfg.json", "sae_weights.safetensors")
 
 
@@ -53,14 +55,14 @@ _SAE_FILES = ("cfg.json", "sae_weights.safetensors")
 
 def _check_sae_dir(path: Path) -> None:
     if not path.is_dir():
-        raise FileNotFoundError(f"no SAE directory at {path}")
+        raise MissingFileError(f"no SAE directory at {path}")
     missing = [f for f in _SAE_FILES if not (path / f).exists()]
     if missing:
-        raise FileNotFoundError(f"SAE directory {path} lacks {', '.join(missing)}")
+        raise MissingFileError(f"SAE directory {path} lacks {', '.join(missing)}")
     try:
         json.loads((path / "cfg.json").read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"corrupt SAE config {path / 'cfg.json'}: {e}") from e
+        raise ConfigError(f"corrupt SAE config {path / 'cfg.json'}: {e}") from e
 
 
 def load_sae(
@@ -74,11 +76,11 @@ def load_sae(
             str(p), device=str(device), dtype=str(dtype).removeprefix("torch.")
         )
     except Exception as e:  # sae-lens raises assorted errors for corrupt weight files
-        raise ValueError(f"cannot load the SAE in {p}: {type(e).__name__}: {e}") from e
+        raise ConfigError(f"cannot load the SAE in {p}: {type(e).__name__}: {e}") from e
     sae.eval()
     for name, param in sae.named_parameters():
         if not torch.isfinite(param).all():
-            raise ValueError(f"SAE in {p}: parameter {name!r} contains NaN or inf")
+            raise ConfigError(f"SAE in {p}: parameter {name!r} contains NaN or inf")
     return sae
 
 
@@ -87,23 +89,38 @@ def load_default_sae(
 ) -> SAE[Any]:
     """The SAE shipped with sae-ts for the embedded model (``blocks.12.hook_resid_post``)."""
     if not (DEFAULT_SAE_DIR / "sae_weights.safetensors").exists():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"the embedded SAE is missing from {DEFAULT_SAE_DIR}; reinstall sae-ts or rebuild it "
             "with `sae-ts train-sae`"
         )
     return load_sae(DEFAULT_SAE_DIR, device=device, dtype=dtype)
 
 
-def check_compatible(model: Any, sae: SAE[Any]) -> str:
-    """Check that ``sae`` reads a hook of ``model`` with the right width; return the hook name."""
-    hook = sae.cfg.metadata.hook_name
+def check_pair(model: Any, sae: SAELike, hook_name: str | None = None) -> str:
+    """The model/SAE compatibility check; returns the hook name the SAE reads.
+
+    ``hook_name`` defaults to the SAE's ``cfg.metadata.hook_name``. Refused, with a clear
+    :class:`~sae_ts.errors.ConfigError`: no hook named, a hook that is not a hook point of the
+    model, an SAE trained on another hook than ``hook_name``, or (at a residual-stream hook) an
+    SAE width ``d_in`` other than the model's ``d_model``.
+    """
+    meta = getattr(sae.cfg, "metadata", None)
+    sae_hook = getattr(meta, "hook_name", None) if meta is not None else None
+    hook = hook_name or sae_hook
     if not hook:
-        raise ValueError("the SAE's metadata names no hook_name")
+        raise ConfigError("the SAE's metadata names no hook_name; pass the hook name")
     if hook not in model.hook_dict:
-        raise ValueError(f"the model has no hook {hook!r} (the SAE's hook)")
-    if sae.cfg.d_in != model.cfg.d_model and "resid" in hook:
-        raise ValueError(
-            f"d_in mismatch: SAE d_in={sae.cfg.d_in}, model d_model={model.cfg.d_model}"
+        raise ConfigError(
+            f"hook {hook!r} is not a hook point of model {model.cfg.model_name!r} "
+            f"({model.cfg.n_layers} layers)"
+        )
+    if sae_hook and sae_hook != hook:
+        raise ConfigError(f"SAE was trained on hook {sae_hook!r}, not {hook!r}")
+    d_in = int(sae.cfg.d_in)
+    if d_in != model.cfg.d_model and "resid" in hook:
+        raise ConfigError(
+            f"SAE d_in={d_in} does not match model {model.cfg.model_name!r} d_model="
+            f"{model.cfg.d_model}"
         )
     return str(hook)
 
@@ -112,40 +129,45 @@ def check_compatible(model: Any, sae: SAE[Any]) -> str:
 # Sink-aware use
 
 
-def _sink_ratio(sae: SAE[Any], sink_ratio: float | None) -> float:
+def _sink_ratio(sae: SAELike, sink_ratio: float | None) -> float:
     if sink_ratio is not None:
         if not sink_ratio > 0:
-            raise ValueError(f"sink_ratio must be positive, got {sink_ratio}")
+            raise ConfigError(f"sink_ratio must be positive, got {sink_ratio}")
         return float(sink_ratio)
     return float(sae.cfg.metadata.get("sink_ratio", DEFAULT_SINK_RATIO))
 
 
+def sink_reference_norm(sae: SAELike) -> float | None:
+    """The reference residual norm recorded in the SAE's metadata (None if not recorded).
+
+    sae-ts's own SAEs record the median non-sink norm of held-out text at their hook; the one sink
+    rule (:func:`sae_ts._util.sink_mask`) compares norms against ``sink_ratio`` × this value.
+    """
+    meta = getattr(sae.cfg, "metadata", None)
+    ref = meta.get("sink_reference_norm") if meta is not None else None
+    return float(ref) if ref else None
+
+
 def sink_positions(
-    sae: SAE[Any], acts: torch.Tensor, sink_ratio: float | None = None
+    sae: SAELike, acts: torch.Tensor, sink_ratio: float | None = None
 ) -> torch.Tensor:
     """Boolean mask over ``acts.shape[:-1]``: True at attention-sink positions.
 
-    A position is a sink if its norm exceeds ``sink_ratio`` × the reference median norm in the
-    SAE's metadata (``sink_reference_norm``; the batch median if absent), or, for ``[batch, pos,
-    d]`` input, if it is position 0. ``sink_ratio=None`` uses the ratio recorded in the metadata.
+    The one sink rule (:func:`sae_ts._util.sink_mask`) with the SAE's reference norm: a position
+    is a sink if its norm exceeds ``sink_ratio`` × the reference median norm in the SAE's metadata
+    (``sink_reference_norm``; the batch median if absent), or, for ``[batch, pos, d]`` input, if it
+    is position 0. ``sink_ratio=None`` uses the ratio recorded in the metadata.
     """
     if acts.ndim < 2:
-        raise ValueError(f"expected activations [..., d], got shape {tuple(acts.shape)}")
+        raise ConfigError(f"expected activations [..., d], got shape {tuple(acts.shape)}")
     if acts.shape[-1] != sae.cfg.d_in:
-        raise ValueError(
+        raise ConfigError(
             f"d_in mismatch: activations have d={acts.shape[-1]}, SAE d_in={sae.cfg.d_in}"
         )
-    ratio = _sink_ratio(sae, sink_ratio)
-    norms = acts.detach().float().norm(dim=-1)
-    ref = sae.cfg.metadata.get("sink_reference_norm")
-    ref_t = torch.tensor(float(ref)) if ref else norms.median()
-    mask = norms > ratio * ref_t
-    if acts.ndim == 3:
-        mask[:, 0] = True
-    return mask
+    return sink_mask(acts, _sink_ratio(sae, sink_ratio), sink_reference_norm(sae))
 
 
-def encode(sae: SAE[Any], acts: torch.Tensor, sink_ratio: float | None = None) -> torch.Tensor:
+def encode(sae: SAELike, acts: torch.Tensor, sink_ratio: float | None = None) -> torch.Tensor:
     """Feature activations ``[..., d_sae]`` of ``acts`` ``[..., d_in]``, zero at sink positions."""
     mask = sink_positions(sae, acts, sink_ratio)
     feats = sae.encode(acts.to(sae.W_enc.dtype))
@@ -153,7 +175,7 @@ def encode(sae: SAE[Any], acts: torch.Tensor, sink_ratio: float | None = None) -
 
 
 def reconstruct_with_passthrough(
-    sae: SAE[Any], acts: torch.Tensor, sink_ratio: float | None = None
+    sae: SAELike, acts: torch.Tensor, sink_ratio: float | None = None
 ) -> torch.Tensor:
     """SAE reconstruction of ``acts``, with the original activation kept at sink positions."""
     mask = sink_positions(sae, acts, sink_ratio)
@@ -162,7 +184,7 @@ def reconstruct_with_passthrough(
 
 
 def splice_hook(
-    sae: SAE[Any], sink_ratio: float | None = None
+    sae: SAELike, sink_ratio: float | None = None
 ) -> Callable[[torch.Tensor, Any], torch.Tensor]:
     """A TransformerLens hook that replaces the activation by its reconstruction (sinks kept)."""
 
@@ -185,7 +207,7 @@ def make_windows(
     is padded by repetition-free truncation only when the text is long enough, else empty).
     """
     if context_size < 2:
-        raise ValueError(f"context_size must be >= 2, got {context_size}")
+        raise ConfigError(f"context_size must be >= 2, got {context_size}")
     sep = tokenizer(separator, add_special_tokens=False)["input_ids"]
     stream: list[int] = []
     for text in texts:
@@ -224,7 +246,7 @@ class SAEEvalResult:
         return d
 
 
-def reconstruction_stats(sae: SAE[Any], batches: Iterable[torch.Tensor]) -> SAEEvalResult:
+def reconstruction_stats(sae: SAELike, batches: Iterable[torch.Tensor]) -> SAEEvalResult:
     """Explained variance, MSE, L0 and dead fraction over batches of non-sink activations ``[n, d]``.
 
     For activations already cached with sinks removed (e.g. by ``sae-ts train-sae``); CE fields
@@ -240,7 +262,7 @@ def reconstruction_stats(sae: SAE[Any], batches: Iterable[torch.Tensor]) -> SAEE
     with torch.inference_mode():
         for x in batches:
             if x.ndim != 2 or x.shape[1] != sae.cfg.d_in:
-                raise ValueError(f"expected activations [n, {sae.cfg.d_in}], got {tuple(x.shape)}")
+                raise ConfigError(f"expected activations [n, {sae.cfg.d_in}], got {tuple(x.shape)}")
             x = x.float()
             feats = sae.encode(x.to(sae.W_enc.dtype))
             recon = sae.decode(feats).float()
@@ -251,7 +273,7 @@ def reconstruction_stats(sae: SAE[Any], batches: Iterable[torch.Tensor]) -> SAEE
             l0_sum += float((feats > 0).sum())
             n_tok += x.shape[0]
     if n_tok == 0:
-        raise ValueError("no (non-sink) activations to evaluate")
+        raise ConfigError("no (non-sink) activations to evaluate")
     mean = act_sum / n_tok
     total_var = act_sq - n_tok * float(mean.pow(2).sum())
     return SAEEvalResult(
@@ -274,7 +296,7 @@ def _ce_per_token(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 
 def evaluate_sae(
     model: Any,
-    sae: SAE[Any],
+    sae: SAELike,
     texts: Sequence[str] | None = None,
     *,
     windows: torch.Tensor | None = None,
@@ -298,17 +320,17 @@ def evaluate_sae(
     """
     from tqdm.auto import tqdm
 
-    hook = check_compatible(model, sae)
+    hook = check_pair(model, sae)
     layer = hook_layer(hook)
     if windows is None:
         if not texts:
-            raise ValueError("no texts to evaluate on")
+            raise ConfigError("no texts to evaluate on")
         bos = model.tokenizer.bos_token_id
         windows = make_windows(model.tokenizer, list(texts), context_size, int(bos))
         if windows.shape[0] == 0:
-            raise ValueError(f"the texts hold fewer than {context_size} tokens")
+            raise ConfigError(f"the texts hold fewer than {context_size} tokens")
     if windows.ndim != 2:
-        raise ValueError(f"windows must be [n, context], got {tuple(windows.shape)}")
+        raise ConfigError(f"windows must be [n, context], got {tuple(windows.shape)}")
     n_win = max(1, min(windows.shape[0], math.ceil(max_tokens / windows.shape[1])))
     windows = windows[:n_win]
     device = next(model.parameters()).device
@@ -359,98 +381,3 @@ def evaluate_sae(
     denom = ce["ablated"] - ce["clean"]
     result.ce_recovered = (ce["ablated"] - ce["sae"]) / denom if denom > 0 else float("nan")
     return result
-
-
-# ----------------------------------------------------------------------------------------------
-# CLI
-
-
-def _eval_texts(name: str, n_docs: int | None) -> list[str]:
-    """Texts for ``sae-eval``: a corpus split name (``heldout``, ``ood``) or a text file."""
-    if name in ("heldout", "ood", "train"):
-        from .sae_training import build_corpus
-
-        texts = build_corpus()[name]
-    else:
-        p = Path(name)
-        if not p.exists():
-            raise FileNotFoundError(f"no text file {p} (and not a split: heldout, ood, train)")
-        texts = [t for t in p.read_text(encoding="utf-8").split("\n\n") if t.strip()]
-    return texts[:n_docs] if n_docs else texts
-
-
-def _cmd_eval(args: argparse.Namespace) -> int:
-    from .models import load_default_model, load_hf_model  # noqa: F401
-
-    torch.manual_seed(args.seed)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.release:
-        if not args.sae_id:
-            raise ValueError("--sae-release needs --sae-id")
-        sae: SAE[Any] = SAE.from_pretrained(args.release, args.sae_id, device=args.device)
-    elif args.sae:
-        sae = load_sae(args.sae, device=args.device)
-    else:
-        sae = load_default_sae(device=args.device)
-    if args.model:
-        from transformer_lens import HookedTransformer
-
-        model = HookedTransformer.from_pretrained(args.model, device=args.device)
-    else:
-        model = load_default_model(device=args.device)
-    rows = []
-    for split in args.texts:
-        res = evaluate_sae(
-            model, sae, _eval_texts(split, args.max_docs), context_size=args.context_size,
-            max_tokens=args.max_tokens, batch_size=args.batch_size, sink_ratio=args.sink_ratio,
-            compute_ce=not args.no_ce, ce_max_tokens=args.ce_max_tokens, progress=True,
-        )  # fmt: skip
-        rows.append({"texts": split, **res.as_dict()})
-        ce = f"{res.ce_recovered:.3f}" if res.ce_recovered is not None else "-"
-        print(
-            f"{split:>10}: tokens={res.n_tokens} EV={res.explained_variance:.3f} "
-            f"CE_recovered={ce} L0={res.l0:.1f} dead={res.dead_fraction:.3f} "
-            f"({res.n_dead}/{res.d_sae})"
-        )
-    if args.json:
-        from .artifacts import write_json_atomic
-
-        write_json_atomic(Path(args.json), {"hook": sae.cfg.metadata.hook_name, "results": rows})
-    return 0
-
-
-def add_cli_commands(subparsers: Any) -> None:
-    """Add ``sae-eval`` to the ``sae-ts`` command line."""
-    p = subparsers.add_parser(
-        "sae-eval",
-        help="explained variance, CE-loss recovered, L0 and dead fraction of an SAE",
-        description="Evaluate an SAE on held-out text: the embedded SAE by default, an SAE "
-        "directory (--sae), or a sae-lens release (--sae-release/--sae-id) with a TransformerLens "
-        "model (--model).",
-    )
-    p.add_argument("--sae", help="a sae-lens SAE directory (default: the embedded SAE)")
-    p.add_argument(
-        "--sae-release",
-        "--release",
-        dest="release",
-        help="a sae-lens pretrained release (hub users)",
-    )
-    p.add_argument("--sae-id", help="the SAE id within --sae-release")
-    p.add_argument("--model", help="a TransformerLens model name (default: the embedded model)")
-    p.add_argument(
-        "--texts", nargs="+", default=["heldout", "ood"],
-        help="corpus splits (heldout, ood) or text files with blank-line separated documents",
-    )  # fmt: skip
-    p.add_argument("--max-docs", type=int, default=None)
-    p.add_argument("--max-tokens", type=int, default=50_000)
-    p.add_argument("--ce-max-tokens", type=int, default=20_000)
-    p.add_argument("--context-size", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--sink-ratio", type=float, default=None)
-    p.add_argument("--no-ce", action="store_true", help="skip the (slower) CE-loss figures")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", help="also write the figures to this JSON file")
-    p.set_defaults(func=_cmd_eval)

@@ -25,17 +25,26 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from scipy.optimize import brentq
 
 from .effect_model import LinearEffectModel
+from .errors import ConfigError
+from .types import Method
 
-__all__ = ["Method", "RefineStep", "Target", "predicted_stats", "refine", "solve", "target_stats"]
-
-Method = Literal["sae_ts", "pinv", "targeted"]
+__all__ = [
+    "Method",
+    "RefineStep",
+    "Target",
+    "predicted_stats",
+    "refine",
+    "solve",
+    "solve_with_info",
+    "target_stats",
+]
 
 
 @dataclass(frozen=True)
@@ -58,21 +67,21 @@ class Target:
     def validate(self, d_sae: int) -> None:
         """Raise a clear error for empty targets, unknown ids, bad weights or overlaps."""
         if not self.raise_:
-            raise ValueError("target has no features to raise")
+            raise ConfigError("target has no features to raise")
         ids = [*self.raise_, *self.hold, *self.suppress]
         bad = [i for i in ids if not isinstance(i, (int, np.integer)) or not 0 <= int(i) < d_sae]
         if bad:
-            raise ValueError(f"feature ids out of range [0, {d_sae}): {bad[:10]}")
+            raise ConfigError(f"feature ids out of range [0, {d_sae}): {bad[:10]}")
         weights = [*self.raise_.values(), *self.suppress.values()]
         if not all(np.isfinite(w) and w > 0 for w in weights):
-            raise ValueError("feature weights must be finite and > 0")
+            raise ConfigError("feature weights must be finite and > 0")
         overlap = (
             (set(self.raise_) & set(self.hold))
             | (set(self.raise_) & set(self.suppress))
             | (set(self.hold) & set(self.suppress))
         )
         if overlap:
-            raise ValueError(f"features in more than one role: {sorted(overlap)}")
+            raise ConfigError(f"features in more than one role: {sorted(overlap)}")
 
     def dense(self, d_sae: int) -> torch.Tensor:
         """The target vector ``t``: raise weights positive, suppress weights negative."""
@@ -103,7 +112,7 @@ class Target:
 def _unit(x: torch.Tensor) -> torch.Tensor:
     n = x.norm()
     if not torch.isfinite(n) or n == 0:
-        raise ValueError("cannot normalise a zero or non-finite vector")
+        raise ConfigError("cannot normalise a zero or non-finite vector")
     return x / n
 
 
@@ -213,7 +222,7 @@ def _solve_targeted(
     return v, {"mu": m, "mu_scale": scale, "predicted": stats, "grid": [(s[0], s[2]) for s in sols]}
 
 
-def solve(
+def solve_with_info(
     model: LinearEffectModel,
     target: Target | Mapping[int, float] | Sequence[int] | int,
     method: Method = "targeted",
@@ -222,18 +231,10 @@ def solve(
     mu: float | None = None,
     hold_weight: float = 10.0,
     min_target_fraction: float = 0.5,
-    return_info: bool = False,
-) -> Any:
-    """A unit steering direction for ``target`` under the effect model.
-
-    Args:
-        model: a fitted :class:`LinearEffectModel`.
-        target: a :class:`Target`, or features (see :meth:`Target.of`).
-        method: ``"sae_ts"`` (paper rule, ``lam`` = λ), ``"pinv"`` or ``"targeted"``.
-        mu, hold_weight, min_target_fraction: ``"targeted"`` only (see module docstring);
-            ``mu=None`` picks μ from a grid.
-        return_info: also return a dict with the predicted stats (and μ for ``"targeted"``).
-    """
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Like :func:`solve`, and also a dict: ``method``, ``predicted`` stats, and the method's
+    parameters (``lam`` for ``"sae_ts"``; ``mu``, ``mu_scale`` and the μ ``grid`` for
+    ``"targeted"``)."""
     tgt = target if isinstance(target, Target) else Target.of(target)
     t = tgt.dense(model.d_sae)
     info: dict[str, Any]
@@ -244,13 +245,41 @@ def solve(
     elif method == "targeted":
         v, info = _solve_targeted(model, tgt, t, mu, hold_weight, min_target_fraction)
     else:
-        raise ValueError(f"unknown method {method!r}; use 'sae_ts', 'pinv' or 'targeted'")
+        raise ConfigError(f"unknown method {method!r}; use 'sae_ts', 'pinv' or 'targeted'")
     info = {
         "method": method,
         "predicted": predicted_stats(model, v, tgt),
         **{k: v_ for k, v_ in info.items() if k != "predicted"},
     }
-    return (v, info) if return_info else v
+    return v, info
+
+
+def solve(
+    model: LinearEffectModel,
+    target: Target | Mapping[int, float] | Sequence[int] | int,
+    method: Method = "targeted",
+    *,
+    lam: float = 1.0,
+    mu: float | None = None,
+    hold_weight: float = 10.0,
+    min_target_fraction: float = 0.5,
+) -> torch.Tensor:
+    """A unit steering direction ``[d_model]`` for ``target`` under the effect model.
+
+    Args:
+        model: a fitted :class:`LinearEffectModel`.
+        target: a :class:`Target`, or features (see :meth:`Target.of`).
+        method: ``"sae_ts"`` (paper rule, ``lam`` = λ), ``"pinv"`` or ``"targeted"``.
+        mu, hold_weight, min_target_fraction: ``"targeted"`` only (see module docstring);
+            ``mu=None`` picks μ from a grid.
+
+    :func:`solve_with_info` also returns the predicted statistics (and μ for ``"targeted"``).
+    """
+    v, _ = solve_with_info(
+        model, target, method, lam=lam, mu=mu, hold_weight=hold_weight,
+        min_target_fraction=min_target_fraction,
+    )  # fmt: skip
+    return v
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Steering hooks: add vectors to the residual stream, and steered generation.
+"""Steering hooks: add vectors to the residual stream (generation is in :mod:`sae_ts.generation`).
 
 :func:`steer` is a context manager that adds one vector to every batch row, or one vector per row
 (a ``[batch, d_model]`` tensor, each with its own scale), at one hook point. It removes exactly the
@@ -23,49 +23,45 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, cast
 
 import torch
 from transformer_lens import HookedTransformer
-from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.hook_points import HookPoint
 
-from .artifacts import ArtifactError, load_artifact, save_artifact
+from .artifacts import load_artifact, save_artifact
+from .errors import ArtifactError, ConfigError, InputTypeError, UnknownHookError
+from .types import HookFn, Positions
 
 __all__ = [
-    "Positions",
     "SteeringHook",
     "SteeringVector",
     "add_hooks",
     "check_vector",
-    "generate",
     "steer",
 ]
-
-Positions = Literal["all", "from_prompt_end"] | int
-HookFn = Any  # TransformerLens hook: fn(activation, hook=HookPoint) -> Tensor | None
 
 
 def check_vector(vector: torch.Tensor, d_model: int, name: str = "vector") -> torch.Tensor:
     """Validate a steering vector (``[d_model]`` or ``[batch, d_model]``): shape, dtype, finite."""
     if not isinstance(vector, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(vector).__name__}")
+        raise InputTypeError(f"{name} must be a torch.Tensor, got {type(vector).__name__}")
     if not vector.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got {vector.dtype}")
+        raise InputTypeError(f"{name} must be a floating-point tensor, got {vector.dtype}")
     if vector.ndim not in (1, 2) or vector.shape[-1] != d_model:
-        raise ValueError(
+        raise ConfigError(
             f"{name} must have shape [d_model] or [batch, d_model] with d_model={d_model}, "
             f"got {tuple(vector.shape)}"
         )
     if not torch.isfinite(vector).all():
-        raise ValueError(f"{name} contains NaN or inf")
+        raise ConfigError(f"{name} contains NaN or inf")
     return vector
 
 
 def _hook_point(model: HookedTransformer, hook_name: str) -> HookPoint:
     if hook_name not in model.hook_dict:
         close = [h for h in model.hook_dict if h.split(".")[-1] == hook_name.split(".")[-1]][:5]
-        raise KeyError(f"hook {hook_name!r} is not in the model; e.g. {close}")
+        raise UnknownHookError(f"hook {hook_name!r} is not in the model; e.g. {close}")
     return model.hook_dict[hook_name]
 
 
@@ -79,7 +75,7 @@ def add_hooks(model: HookedTransformer, fwd_hooks: Sequence[tuple[str, HookFn]])
     try:
         for name, fn in fwd_hooks:
             hp = _hook_point(model, name)
-            hp.add_hook(fn, dir="fwd")
+            hp.add_hook(cast(Any, fn), dir="fwd")  # TL names the tensor argument; ours need not
             added.append((hp, fn))
         yield
     finally:
@@ -101,13 +97,13 @@ class SteeringHook:
         self.vectors = vectors
         scales_t = torch.as_tensor(scales, dtype=torch.float32)
         if scales_t.ndim > 1 or (scales_t.ndim == 1 and vectors.ndim == 1):
-            raise ValueError("per-row scales need per-row vectors ([batch, d_model])")
+            raise ConfigError("per-row scales need per-row vectors ([batch, d_model])")
         if scales_t.ndim == 1 and scales_t.shape[0] != vectors.shape[0]:
-            raise ValueError(f"{scales_t.shape[0]} scales for {vectors.shape[0]} vectors")
+            raise ConfigError(f"{scales_t.shape[0]} scales for {vectors.shape[0]} vectors")
         if not torch.isfinite(scales_t).all():
-            raise ValueError("scales contain NaN or inf")
+            raise ConfigError("scales contain NaN or inf")
         if not (positions in ("all", "from_prompt_end") or isinstance(positions, int)):
-            raise ValueError(
+            raise ConfigError(
                 f"positions must be 'all', 'from_prompt_end' or an int, got {positions!r}"
             )
         self.scales = scales_t
@@ -127,7 +123,7 @@ class SteeringHook:
             out = (vec * scales)[None]
         else:
             if vec.shape[0] != batch:
-                raise ValueError(
+                raise ConfigError(
                     f"per-row steering has {vec.shape[0]} vectors but the batch has {batch} rows"
                 )
             out = vec * (scales[:, None] if scales.ndim == 1 else scales)
@@ -183,78 +179,6 @@ def steer(
         yield hook
 
 
-def _sample(
-    logits: torch.Tensor,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    generator: torch.Generator | None,
-) -> torch.Tensor:
-    if temperature == 0.0:
-        return logits.argmax(-1)
-    logits = logits.float() / temperature
-    if top_k is not None and top_k > 0:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, idx = torch.sort(logits, descending=True, dim=-1)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum > top_p
-        drop[:, 1:] = drop[:, :-1].clone()  # keep the first token that crosses top_p
-        drop[:, 0] = False
-        logits = logits.scatter(-1, idx, sorted_logits.masked_fill(drop, float("-inf")))
-    probs = logits.softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
-
-
-@torch.no_grad()
-def generate(
-    model: HookedTransformer,
-    tokens: torch.Tensor,
-    max_new_tokens: int,
-    *,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
-    fwd_hooks: Sequence[tuple[str, HookFn]] = (),
-) -> torch.Tensor:
-    """KV-cached sampling from unpadded ``tokens`` ``[batch, prompt_len]``; returns all tokens.
-
-    ``temperature=0`` is greedy. ``fwd_hooks`` (e.g. a :class:`SteeringHook` or an activation
-    capture) stay on for the prompt pass and every generated token. Sampling draws from
-    ``generator`` so a seeded generator gives the same tokens on the same device.
-    """
-    if tokens.ndim != 2 or tokens.shape[1] == 0:
-        raise ValueError(f"tokens must be [batch, prompt_len>0], got {tuple(tokens.shape)}")
-    device = model.cfg.device
-    tokens = tokens.to(device)
-    batch = tokens.shape[0]
-    cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, batch)
-    out = [tokens]
-    # Explicit all-ones masks: TransformerLens would otherwise mask every token equal to the
-    # tokenizer's pad id, generated ones included (SmolLM2 pads with <|im_end|>).
-    step_mask = torch.ones(batch, 1, dtype=torch.long, device=device)
-    with add_hooks(model, fwd_hooks):
-        logits = model(
-            tokens,
-            past_kv_cache=cache,
-            attention_mask=torch.ones_like(tokens),
-            return_type="logits",
-        )
-        for i in range(max_new_tokens):
-            nxt = _sample(logits[:, -1], temperature, top_k, top_p, generator)
-            out.append(nxt[:, None])
-            if i + 1 < max_new_tokens:
-                logits = model(
-                    nxt[:, None],
-                    past_kv_cache=cache,
-                    attention_mask=step_mask,
-                    return_type="logits",
-                )
-    return torch.cat(out, dim=1)
-
-
 @dataclass
 class SteeringVector:
     """A steering vector with the provenance needed to use it again, and refuse misuse.
@@ -275,7 +199,7 @@ class SteeringVector:
 
     def __post_init__(self) -> None:
         if self.vector.ndim != 1:
-            raise ValueError(
+            raise ConfigError(
                 f"SteeringVector holds one [d_model] vector, got {tuple(self.vector.shape)}"
             )
         check_vector(self.vector, self.vector.shape[0])

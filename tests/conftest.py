@@ -17,8 +17,8 @@ SHARED = REPO.parent / "shared" / "datasets"
 
 @pytest.fixture(scope="session")
 def tiny():
-    """A randomly initialised 2-layer Llama model (width 64) with SmolLM2's real tokenizer."""
-    from sae_ts.models import tiny_model
+    """A randomly initialised 2-layer Llama model (width 64) with the shipped tiny tokenizer."""
+    from sae_ts.testing import tiny_model
 
     return tiny_model(seed=0)
 

@@ -47,7 +47,7 @@ def test_caa_errors(tiny):
 
 
 def test_sae_latent_vector_and_find_features(tiny):
-    from tests.test_effects import tiny_sae
+    from sae_ts.testing import tiny_sae
 
     sae = tiny_sae(tiny.cfg.d_model, HOOK, d_sae=32)
     v = sae_latent_vector(sae, {3: 1.0, 5: 1.0})

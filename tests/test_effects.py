@@ -7,29 +7,15 @@ from sae_ts.artifacts import ArtifactError
 from sae_ts.effects import (
     EffectConfig,
     EffectEstimator,
-    _sample_with_uniforms,
     calibrate_scales,
     decoder_directions,
     estimate_effects,
     random_directions,
 )
 from sae_ts.steering import steer
+from sae_ts.testing import tiny_sae
 
 HOOK = "blocks.0.hook_resid_post"
-
-
-def tiny_sae(d_in: int, hook_name: str = HOOK, d_sae: int = 48, seed: int = 0):
-    from sae_lens import SAE, StandardSAEConfig
-    from sae_lens.saes.sae import SAEMetadata
-
-    torch.manual_seed(seed)
-    cfg = StandardSAEConfig(d_in=d_in, d_sae=d_sae, metadata=SAEMetadata(hook_name=hook_name))
-    sae = SAE.from_dict(cfg.to_dict())
-    with torch.no_grad():
-        sae.W_enc.normal_(0, 0.3)
-        sae.W_dec.copy_(sae.W_enc.T)
-        sae.b_enc.fill_(-0.1)
-    return sae
 
 
 CFG = EffectConfig(
@@ -89,8 +75,8 @@ def test_measure_matches_a_manual_steered_generation(tiny, sae):
     est = EffectEstimator(tiny, sae, config=cfg)
     v = random_directions(1, tiny.cfg.d_model, seed=9)[0]
     got = est.measure(v, 4.0, progress=False)[0]
+    from sae_ts.generation import generate
     from sae_ts.models import to_tokens
-    from sae_ts.steering import generate
 
     toks = to_tokens(tiny, ["I think"])
     with steer(tiny, v, HOOK, scale=4.0):
@@ -131,16 +117,6 @@ def test_resume_equals_uninterrupted(tiny, sae, tmp_path):
     assert torch.equal(back.effects, full.effects) and back.record["seed"] == 11
 
 
-def test_sampling_respects_top_k_and_top_p():
-    logits = torch.tensor([[5.0, 4.0, 1.0, 0.0, -1.0]]).expand(200, -1)
-    u = torch.rand(200, generator=torch.Generator().manual_seed(0))
-    out = _sample_with_uniforms(logits, u, 1.0, top_k=2, top_p=None)
-    assert set(out.tolist()) == {0, 1}
-    out = _sample_with_uniforms(logits, u, 1.0, top_k=None, top_p=0.5)
-    assert set(out.tolist()) == {0}
-    assert _sample_with_uniforms(logits, u, 0.0, None, None).unique().tolist() == [0]
-
-
 @pytest.mark.slow
 def test_calibrated_scales_hit_the_loss_target(real_model):
     hook = "blocks.12.hook_resid_post"
@@ -171,7 +147,7 @@ def test_bad_inputs(tiny, sae):
         decoder_directions(sae, [0, 999])
     with pytest.raises(ValueError, match="d_in"):
         EffectEstimator(tiny, tiny_sae(32), config=CFG)
-    with pytest.raises(ValueError, match="not in model"):
+    with pytest.raises(ValueError, match="not a hook point"):
         EffectEstimator(
             tiny, tiny_sae(tiny.cfg.d_model, hook_name="blocks.5.hook_resid_post"), config=CFG
         )
@@ -185,3 +161,26 @@ def test_bad_inputs(tiny, sae):
         )
     with pytest.raises(ValueError, match="zero vector"):
         estimate_effects(est, torch.zeros(2, tiny.cfg.d_model), 1.0, progress=False)
+
+
+@pytest.mark.slow
+def test_embedded_effects_are_pinned(real_model):
+    """A fixed-seed effect on the embedded model, pinned across refactors.
+
+    Recorded before the layout refactor (issue 11) with the estimator's own sink threshold
+    (7 x the reference-text median, 1006.2) and unchanged, bit for bit, with the one sink rule
+    (7 x the SAE's recorded reference norm 143.341 = 1003.4).
+    """
+    from sae_ts.sae import load_default_sae
+
+    sae = load_default_sae()
+    est = EffectEstimator(real_model, sae, config=EffectConfig(rollouts=1, seq_len=16), seed=0)
+    v = torch.cat(
+        [
+            decoder_directions(sae, n=1, seed=0),
+            random_directions(1, real_model.cfg.d_model, seed=0),
+        ]
+    )
+    eff = est.measure(v, 30.0, progress=False) - est.baseline(progress=False)
+    assert torch.allclose(eff.sum(1), torch.tensor([-10.7685, 0.6605]), atol=2e-3), eff.sum(1)
+    assert torch.allclose(eff.abs().sum(1), torch.tensor([160.9566, 134.3208]), atol=2e-3)

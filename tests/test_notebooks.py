@@ -64,8 +64,8 @@ def test_hub_notebook_fails_clearly_offline(tmp_path):
 # notebook 04 with its hub load replaced by a tiny random model + SAE, and small budgets
 TINY_LOAD = """import sys
 sys.path.insert(0, {repo!r})
-from tests.test_effects import tiny_sae
-model = sae_ts.tiny_model(seed=0)
+from sae_ts.testing import tiny_model, tiny_sae
+model = tiny_model(seed=0)
 hook = "blocks.1.hook_resid_post"
 sae = tiny_sae(model.cfg.d_model, hook, d_sae=32)
 """

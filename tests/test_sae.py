@@ -1,16 +1,15 @@
-"""The embedded SAE: sink-aware encoding/splicing, evaluation, loading, and the training pipeline."""
+"""The embedded SAE: sink-aware encoding/splicing, evaluation and loading."""
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from sae_lens import SAE, StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
+from sae_lens import SAE, StandardSAE, StandardSAEConfig, TopKSAE
 from sae_lens.saes.sae import SAEMetadata
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from sae_ts import sae as sae_mod
 from sae_ts.sae import (
@@ -23,14 +22,7 @@ from sae_ts.sae import (
     reconstruct_with_passthrough,
     sink_positions,
 )
-from sae_ts.sae_training import (
-    ActivationCache,
-    CachedActivationBatches,
-    TrainConfig,
-    cache_activations,
-    export_sae,
-    train_sae,
-)
+from sae_ts.testing import tiny_sae
 
 HOOK = "blocks.1.hook_resid_post"
 TEXT = (
@@ -44,8 +36,7 @@ def _meta(**extra: object) -> SAEMetadata:
 
 
 def tiny_topk(seed: int = 0, d_in: int = 64, **extra: object) -> TopKSAE:
-    torch.manual_seed(seed)
-    return TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=128, k=8, metadata=_meta(**extra))).eval()
+    return tiny_sae(d_in, HOOK, 128, seed, "topk", k=8, model_name="tiny", **extra)
 
 
 def identity_sae(d_in: int = 64) -> StandardSAE:
@@ -147,11 +138,11 @@ def test_evaluate_random_sae_is_poor(tiny) -> None:
 
 
 def test_evaluate_rejects_incompatible_pairs(tiny) -> None:
-    with pytest.raises(ValueError, match="d_in mismatch"):
+    with pytest.raises(ValueError, match="d_in=32"):
         evaluate_sae(tiny, tiny_topk(d_in=32), [TEXT])
     sae = tiny_topk()
     sae.cfg.metadata.hook_name = "blocks.9.hook_resid_post"
-    with pytest.raises(ValueError, match="no hook"):
+    with pytest.raises(ValueError, match="not a hook point"):
         evaluate_sae(tiny, sae, [TEXT])
     with pytest.raises(ValueError, match="fewer than"):
         evaluate_sae(tiny, tiny_topk(), ["short"], context_size=64)
@@ -237,127 +228,3 @@ def test_shipped_sae_quality_on_unseen_text(real_model) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Training pipeline (tiny model, tiny SAE)
-
-
-def test_cached_batches_are_seeded_and_resumable() -> None:
-    acts = torch.randn(100, 8).half()
-    a = CachedActivationBatches(acts, 16, seed=3)
-    seq = [next(a) for _ in range(14)]  # crosses an epoch boundary (6 steps per epoch)
-    b = CachedActivationBatches(acts, 16, seed=3, start_step=9)
-    assert all(torch.equal(seq[9 + i], next(b)) for i in range(5))
-    c = CachedActivationBatches(acts, 16, seed=4)
-    assert not torch.equal(seq[0], next(c))
-    assert seq[0].dtype == torch.float32
-    # Epoch 0 visits distinct rows.
-    rows = torch.cat(seq[:6])
-    assert torch.unique(rows, dim=0).shape[0] == 96
-    with pytest.raises(ValueError):
-        CachedActivationBatches(acts, 200, seed=0)
-
-
-def _windows(tiny, n: int = 24) -> torch.Tensor:
-    w = make_windows(tiny.tokenizer, [TEXT] * 5, 32, 0)[:n]
-    assert w.shape[0] == n
-    return w
-
-
-def test_cache_activations_resumes_and_drops_sinks(tiny, tmp_path: Path) -> None:
-    win = _windows(tiny)
-    out = tmp_path / "acts"
-    cache = cache_activations(
-        tiny, win, out, HOOK, 1, batch_size=4, chunk_windows=10, progress=False
-    )
-    paths = cache.chunk_paths()
-    assert len(paths) == 3
-    data = cache.load_all()
-    assert (data["pos"] > 0).all()  # position 0 never cached
-    assert data["acts"].dtype == torch.float16
-    _, ref = tiny.run_with_cache(win[:4], names_filter=HOOK)
-    i = int((data["seq"] == 2).nonzero()[0])
-    assert torch.allclose(data["acts"][i].float(), ref[HOOK][2, int(data["pos"][i])], atol=1e-2)
-    # Delete one chunk: a rerun recomputes only that one, identically.
-    before = load_file(str(paths[1]))
-    paths[1].unlink()
-    mtime0 = paths[0].stat().st_mtime_ns
-    cache_activations(tiny, win, out, HOOK, 1, batch_size=4, chunk_windows=10, progress=False)
-    assert paths[0].stat().st_mtime_ns == mtime0
-    assert torch.equal(load_file(str(paths[1]))["acts"], before["acts"])
-    # A prefix of whole chunks reuses the cache; other text is refused.
-    small = cache_activations(tiny, win[:10], out, HOOK, 1, chunk_windows=10, progress=False)
-    assert len(small.chunk_paths()) == 1
-    with pytest.raises(ValueError, match="different text"):
-        cache_activations(tiny, win.flip(0), out, HOOK, 1, chunk_windows=10, progress=False)
-
-
-def test_train_export_and_resume_reproduce(tiny, tmp_path: Path) -> None:
-    # Sparse data: each row a positive mix of 4 of 96 random directions, plus a mean.
-    g = torch.Generator().manual_seed(0)
-    atoms = torch.randn(96, 64, generator=g)
-    coef = torch.zeros(2048, 96)
-    idx = torch.stack([torch.randperm(96, generator=g)[:4] for _ in range(2048)])
-    coef.scatter_(1, idx, torch.rand(2048, 4, generator=g) * 2 + 0.5)
-    acts = coef @ atoms + torch.randn(64, generator=g) * 3
-    root = tmp_path / "train"
-    root.mkdir()
-    save_file(
-        {"acts": acts.half(), "seq": torch.zeros(2048, dtype=torch.int32),
-         "pos": torch.ones(2048, dtype=torch.int32)},
-        str(root / "chunk_00000.safetensors"),
-    )  # fmt: skip
-    (root / "meta.json").write_text(json.dumps({"n_chunks": 1, "n_windows": 1}))
-    cfg = TrainConfig(
-        d_sae=128, k=8, batch_size=128, epochs=3, lr=2e-3, warmup_steps=2, n_checkpoints=2,
-        dead_feature_window=5, feature_sampling_window=10, threads=1,
-    )  # fmt: skip
-    md = {"model_name": "tiny", "hook_name": HOOK, "sink_ratio": 7.0}
-    sae1, stats = train_sae(cfg, ActivationCache(root), tmp_path / "ck", md, progress=False)
-    assert stats["steps"] == 48
-    ckpts = sorted((tmp_path / "ck").iterdir(), key=lambda p: int(p.name))
-    assert len(ckpts) == 2
-    state1 = {k: v.detach().clone() for k, v in sae1.state_dict().items()}
-    out = export_sae(sae1, tmp_path / "exported", {**md, "training": stats})
-    loaded = load_sae(out)
-    assert type(loaded).__name__ == "TopKSAE"
-    assert loaded.cfg.metadata.hook_name == HOOK and loaded.cfg.metadata.training["steps"] == 48
-    x = acts[:512]
-    with torch.no_grad():
-        r = loaded.decode(loaded.encode(x))
-    ev = 1 - (r - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
-    assert ev > 0.3  # it learned (an untrained SAE is near 0); fp16 storage included
-    # Interrupt after the first checkpoint: resuming reproduces the uninterrupted run.
-    shutil.rmtree(ckpts[1])
-    sae2, _ = train_sae(cfg, ActivationCache(root), tmp_path / "ck", md, progress=False)
-    state2 = sae2.state_dict()
-    assert state1.keys() == state2.keys()
-    assert all(torch.allclose(state1[k], state2[k], atol=1e-5) for k in state1)
-    assert not torch.allclose(state1["W_enc"], loaded.W_enc, atol=1e-3)  # export folded norms
-
-
-def test_train_config_validation() -> None:
-    with pytest.raises(ValueError):
-        TrainConfig(architecture="relu")
-    with pytest.raises(ValueError):
-        TrainConfig(k=0)
-    with pytest.raises(ValueError):
-        TrainConfig(d_sae=16, k=32)
-    assert TrainConfig().hook_name == "blocks.12.hook_resid_post"
-    assert TrainConfig(seed=1).run_tag() != TrainConfig(seed=2).run_tag()
-    assert TrainConfig(threads=1).run_tag() == TrainConfig(threads=2).run_tag()
-
-
-def test_cli_commands_are_registered() -> None:
-    import argparse
-
-    from sae_ts import features, sae_training
-
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers()
-    sae_mod.add_cli_commands(sub)
-    sae_training.add_cli_commands(sub)
-    features.add_cli_commands(sub)
-    a = parser.parse_args(["train-sae", "--seed", "3", "--k", "48", "--extract-only"])
-    assert a.seed == 3 and a.k == 48 and a.extract_only
-    a = parser.parse_args(["sae-eval", "--sae", "x", "--texts", "heldout"])
-    assert a.sae == "x" and a.texts == ["heldout"]
-    a = parser.parse_args(["features", "--out", "o"])
-    assert a.out == "o" and a.n_top == 10

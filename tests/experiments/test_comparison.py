@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from sae_ts.comparison import (
+from sae_ts.effect_model import LinearEffectModel
+from sae_ts.experiments.comparison import (
     CompareConfig,
     compare_task,
     harmonic_mean,
@@ -15,9 +16,8 @@ from sae_ts.comparison import (
     select_scale,
     sweep,
 )
-from sae_ts.effect_model import LinearEffectModel
-from tests.test_effects import tiny_sae
-from tests.test_judges import CRITERION, NEG, POS
+from sae_ts.testing import tiny_sae
+from tests.judges.test_offline import CRITERION, NEG, POS
 
 HOOK = "blocks.1.hook_resid_post"
 

@@ -11,7 +11,7 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
-from sae_ts.llm_judges import (
+from sae_ts.judges.llm import (
     SAETS_SYSTEM,
     APICriterionJudge,
     AxBenchJudge,
@@ -165,7 +165,7 @@ def test_hf_judge_on_embedded_model(hf_model):
 
 @pytest.mark.slow
 def test_llm_judge_factory_shares_one_hf_model(hf_model):
-    from sae_ts.comparison import Task, llm_judges
+    from sae_ts.experiments.comparison import Task, llm_judges
 
     model, tok = hf_model
     make = llm_judges(hf_model=model, hf_tokenizer=tok)

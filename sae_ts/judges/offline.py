@@ -24,13 +24,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 from transformer_lens import HookedTransformer
 
-from .models import to_tokens
+from .._util import to_tokens
+from ..errors import ConfigError
+from .base import Judge
 
 __all__ = [
     "CoherenceJudge",
@@ -42,19 +44,13 @@ __all__ = [
 ]
 
 
-class Judge(Protocol):
-    """Anything that scores texts in [0, 1]."""
-
-    def score(self, texts: Sequence[str], prompt: str = "") -> np.ndarray: ...
-
-
 def auroc(pos_scores: Sequence[float], neg_scores: Sequence[float]) -> float:
     """Area under the ROC curve (probability a positive outscores a negative; ties count half)."""
     from scipy.stats import mannwhitneyu
 
     p, n = np.asarray(pos_scores, float), np.asarray(neg_scores, float)
     if len(p) == 0 or len(n) == 0:
-        raise ValueError("need positive and negative scores")
+        raise ConfigError("need positive and negative scores")
     u = mannwhitneyu(p, n, alternative="two-sided").statistic
     return float(u / (len(p) * len(n)))
 
@@ -85,7 +81,7 @@ class EmbeddingBehaviorJudge:
 
     def __post_init__(self) -> None:
         if not self.pos_texts or not self.neg_texts:
-            raise ValueError("the behaviour judge needs positive and negative texts")
+            raise ConfigError("the behaviour judge needs positive and negative texts")
         if self.embedder is None:
             self.embedder = load_embedder()
         P, N, C = (
@@ -149,7 +145,7 @@ class CoherenceJudge:
 
     def __post_init__(self) -> None:
         if not self.reference:
-            raise ValueError("the coherence judge needs unsteered reference generations")
+            raise ConfigError("the coherence judge needs unsteered reference generations")
         nll, d2 = self.parts(self.reference, self.prompt)
         self._ref = (float(np.median(nll)), float(np.median(d2)))
 

@@ -32,12 +32,68 @@ def test_no_command_prints_help(capsys):
 
 
 def test_parse_features():
-    from sae_ts.commands import parse_features
+    from sae_ts.cli.common import parse_features
 
     assert parse_features("12:1.0, 45:0.5,7") == {12: 1.0, 45: 0.5, 7: 1.0}
     assert parse_features(None) == {}
     with pytest.raises(ValueError, match="bad feature spec"):
         parse_features("x:1")
+
+
+def test_stage_commands_are_registered() -> None:
+    parser = build_parser()
+    a = parser.parse_args(["train-sae", "--seed", "3", "--k", "48", "--extract-only"])
+    assert a.seed == 3 and a.k == 48 and a.extract_only
+    a = parser.parse_args(["sae-eval", "--sae", "x", "--texts", "heldout"])
+    assert a.sae == "x" and a.texts == ["heldout"] and a.device == "cpu"
+    a = parser.parse_args(["features", "--out", "o"])
+    assert a.out == "o" and a.n_top == 10
+
+
+def test_train_flags_are_generated_from_train_config() -> None:
+    import dataclasses
+
+    from sae_ts.cli.common import config_from_args
+    from sae_ts.training import TrainConfig
+
+    parser = build_parser()
+    a = parser.parse_args(["train-sae"])
+    cfg = config_from_args(TrainConfig, a)
+    assert cfg == TrainConfig()  # every default comes from the dataclass
+    flags = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "extra"]
+    assert all(hasattr(a, name) for name in flags)
+    a = parser.parse_args(["train-sae", "--aux-coefficient", "0.5", "--architecture", "batchtopk"])
+    cfg = config_from_args(TrainConfig, a)
+    assert cfg.aux_loss_coefficient == 0.5 and cfg.architecture == "batchtopk"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train-sae", "--architecture", "relu"])
+
+
+def test_model_flags_are_one_set_defaulting_to_cpu() -> None:
+    parser = build_parser()
+    for cmd in (["estimate", "--out", "o"], ["find-features"], ["reliability", "--dataset", "d"]):
+        a = parser.parse_args(cmd)
+        assert a.device == "cpu" and a.dtype == "float32" and a.model is None, cmd
+    assert parser.parse_args(["sae-eval", "--device", "cuda"]).device == "cuda"
+
+
+def test_only_deliberate_errors_become_one_line(monkeypatch, capsys) -> None:
+    from sae_ts.cli import core
+    from sae_ts.errors import ConfigError
+
+    def deliberate(args):
+        raise ConfigError("a clear message")
+
+    monkeypatch.setattr(core, "_cmd_fit", deliberate)
+    assert main(["fit", "--effects", "e", "--out", "o"]) == 1
+    assert "a clear message" in capsys.readouterr().err
+
+    def failure(args):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(core, "_cmd_fit", failure)
+    with pytest.raises(RuntimeError, match="out of memory"):  # keeps its traceback
+        main(["fit", "--effects", "e", "--out", "o"])
 
 
 def test_hub_arguments_must_come_together(capsys):

@@ -8,8 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 
-from .effects import (
+from ..baselines import find_features
+from ..effect_model import LinearEffectModel, fit_adam, fit_ridge
+from ..effects import (
     EffectConfig,
     EffectDataset,
     EffectEstimator,
@@ -18,88 +21,34 @@ from .effects import (
     estimate_effects,
     random_directions,
 )
-from .models import Loaded, load, load_default
-from .solver import Target
+from ..evaluation import measure_vector
+from ..solver import Target, solve_with_info
+from ..steering import SteeringVector
+from .common import (
+    add_dataclass_args,
+    add_model_args,
+    add_target_args,
+    config_from_args,
+    load_from_args,
+    read_lines,
+    target_from_args,
+)
 
-__all__ = ["add_cli_commands", "add_model_args", "load_from_args", "parse_features"]
-
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    """--model/--sae-release/--sae-id (hub) or the embedded default; --device, --dtype."""
-    g = p.add_argument_group(
-        "model and SAE (default: the embedded SmolLM2-135M-Instruct + its SAE)"
-    )
-    g.add_argument(
-        "--model", default=None, help="TransformerLens model name (hub), e.g. gpt2-small"
-    )
-    g.add_argument("--sae-release", default=None, help="sae-lens release, e.g. gpt2-small-res-jb")
-    g.add_argument(
-        "--sae-id", default=None, help="SAE id in the release, e.g. blocks.8.hook_resid_pre"
-    )
-    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    g.add_argument("--dtype", default="float32", choices=sorted(_DTYPES))
-
-
-def load_from_args(args: argparse.Namespace) -> Loaded:
-    """Load the model+SAE named by :func:`add_model_args`'s options."""
-    dtype = _DTYPES[args.dtype]
-    if args.model or args.sae_release or args.sae_id:
-        if not (args.model and args.sae_release and args.sae_id):
-            raise ValueError("--model, --sae-release and --sae-id go together")
-        return load(args.model, args.sae_release, args.sae_id, device=args.device, dtype=dtype)
-    return load_default(device=args.device, dtype=dtype)
-
-
-def parse_features(spec: str | None) -> dict[int, float]:
-    """``"12:1.0,45:0.5,7"`` -> ``{12: 1.0, 45: 0.5, 7: 1.0}``."""
-    out: dict[int, float] = {}
-    if not spec:
-        return out
-    for part in spec.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        fid, _, w = part.partition(":")
-        try:
-            out[int(fid)] = float(w) if w else 1.0
-        except ValueError as e:
-            raise ValueError(
-                f"bad feature spec {part!r}; use ID or ID:WEIGHT, comma-separated"
-            ) from e
-    return out
-
-
-def _target_from_args(args: argparse.Namespace) -> Target:
-    return Target(
-        parse_features(args.features),
-        list(parse_features(args.hold)),
-        parse_features(args.suppress),
-    )
-
-
-def _add_target_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--features", required=True, help="features to raise, e.g. 123:1.0,456:0.5")
-    p.add_argument("--hold", default=None, help="features to keep still, e.g. 7,8")
-    p.add_argument("--suppress", default=None, help="features to push down, e.g. 9:1.0")
+__all__ = ["add_cli_commands"]
 
 
 def _cmd_estimate(args: argparse.Namespace) -> int:
     loaded = load_from_args(args)
     model, sae, hook = loaded
     base = EffectConfig()
-    cfg = EffectConfig(
-        prompts=tuple(args.prompt) if args.prompt else base.prompts, seq_len=args.seq_len,
-        rollouts=args.rollouts, baseline_multiplier=args.baseline_multiplier, batch_rows=args.batch_rows,
-    )  # fmt: skip
+    cfg = config_from_args(
+        EffectConfig, args, prompts=tuple(args.prompt) if args.prompt else base.prompts
+    )
     if args.candidates == "random":
         vecs = random_directions(args.n, model.cfg.d_model, seed=args.seed)
     elif args.candidates == "decoder":
         vecs = decoder_directions(sae, n=args.n, seed=args.seed)
     else:
-        from safetensors.torch import load_file
-
         vecs = load_file(args.candidates)["vectors"]
     steer_hook = args.steer_hook or hook
     est = EffectEstimator(model, sae, steer_hook=steer_hook, config=cfg, seed=args.seed)
@@ -121,8 +70,6 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    from .effect_model import fit_adam, fit_ridge
-
     ds = EffectDataset.load(args.effects)
     if args.method == "ridge":
         model, rep = fit_ridge(ds, holdout=args.holdout, seed=args.seed)
@@ -135,13 +82,9 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 
 def _cmd_solve(args: argparse.Namespace) -> int:
-    from .effect_model import LinearEffectModel
-    from .solver import solve
-    from .steering import SteeringVector
-
     em = LinearEffectModel.load(args.effect_model)
-    target = _target_from_args(args)
-    v, info = solve(em, target, args.method, lam=args.lam, return_info=True)
+    target = target_from_args(args)
+    v, info = solve_with_info(em, target, args.method, lam=args.lam)
     sv = SteeringVector(
         v, hook_name=em.record.get("steer_hook", ""), model_name=em.record.get("model", ""),
         method=args.method, scale=1.0, target=target.to_dict(), sae=em.record.get("sae_hook"),
@@ -154,36 +97,24 @@ def _cmd_solve(args: argparse.Namespace) -> int:
 
 
 def _cmd_measure(args: argparse.Namespace) -> int:
-    from .effect_model import LinearEffectModel
-    from .evaluation import measure_vector
-    from .steering import SteeringVector
-
     model, sae, _ = load_from_args(args)
     sv = SteeringVector.load(args.vector, model=model)
-    cfg = EffectConfig(rollouts=args.rollouts, seq_len=args.seq_len)
+    cfg = config_from_args(EffectConfig, args)
     est = EffectEstimator(model, sae, steer_hook=sv.hook_name, config=cfg, seed=args.seed)
     em = LinearEffectModel.load(args.effect_model) if args.effect_model else None
-    target = _target_from_args(args) if args.features else Target.from_dict(sv.target or {})
+    target = target_from_args(args) if args.features else Target.from_dict(sv.target or {})
     m = measure_vector(est, sv.vector, args.scale, target, effect_model=em, progress=True)
     print(json.dumps(m.row(), indent=2))
     return 0
 
 
 def _cmd_find(args: argparse.Namespace) -> int:
-    from .baselines import find_features
-
     model, sae, hook = load_from_args(args)
-    pos = list(args.pos or []) + _read_lines(args.pos_file)
-    neg = list(args.neg or []) + _read_lines(args.neg_file)
+    pos = list(args.pos or []) + read_lines(args.pos_file)
+    neg = list(args.neg or []) + read_lines(args.neg_file)
     for fid, score in find_features(model, sae, pos, neg, hook, top=args.top):
         print(f"{fid}\t{score:.4f}")
     return 0
-
-
-def _read_lines(path: str | None) -> list[str]:
-    if not path:
-        return []
-    return [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
 
 
 def add_cli_commands(sub: Any) -> None:
@@ -201,14 +132,11 @@ def add_cli_commands(sub: Any) -> None:
         "--scale", type=float, default=None, help="fixed scale (default: calibrate per vector)"
     )
     p.add_argument("--target-loss-increase", type=float, default=0.5, help="nats, for calibration")
-    p.add_argument(
-        "--rollouts", type=int, default=EffectConfig.rollouts, help="per prompt per vector"
+    add_dataclass_args(
+        p.add_argument_group("effect protocol (EffectConfig)"), EffectConfig, exclude=("positions",)
     )
-    p.add_argument("--baseline-multiplier", type=int, default=10)
-    p.add_argument("--seq-len", type=int, default=32)
     p.add_argument("--prompt", action="append", help="prompt (repeatable; default: the paper's 14)")
     p.add_argument("--steer-hook", default=None, help="default: the SAE's hook")
-    p.add_argument("--batch-rows", type=int, default=256)
     p.add_argument("--chunk-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_estimate)
@@ -223,7 +151,7 @@ def add_cli_commands(sub: Any) -> None:
 
     p = sub.add_parser("solve", help="solve for a steering vector that hits target features")
     p.add_argument("--effect-model", required=True)
-    _add_target_args(p)
+    add_target_args(p)
     p.add_argument("--method", choices=["sae_ts", "pinv", "targeted"], default="targeted")
     p.add_argument("--lam", type=float, default=1.0, help="λ of the paper rule")
     p.add_argument("--out", required=True)
@@ -233,17 +161,10 @@ def add_cli_commands(sub: Any) -> None:
     add_model_args(p)
     p.add_argument("--vector", required=True, help="a saved SteeringVector")
     p.add_argument("--scale", type=float, required=True)
-    p.add_argument("--features", default=None, help="target (default: the vector's own)")
-    p.add_argument("--hold", default=None)
-    p.add_argument("--suppress", default=None)
+    add_target_args(p, required=False)  # default target: the vector's own
     p.add_argument("--effect-model", default=None, help="also report predictions")
-    p.add_argument(
-        "--rollouts",
-        type=int,
-        default=4,
-        help="per prompt (one vector's effect needs more than the 1 used when fitting)",
-    )
-    p.add_argument("--seq-len", type=int, default=32)
+    # one vector's effect needs more rollouts per prompt than the 1 used when fitting
+    add_dataclass_args(p, EffectConfig, include=("rollouts", "seq_len"), defaults={"rollouts": 4})
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_measure)
 

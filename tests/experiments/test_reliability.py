@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sae_ts.models import to_tokens
-from sae_ts.reliability import (
+from sae_ts.experiments.reliability import (
     MCItem,
     caa_mc_vector,
     load_mwe,
@@ -18,6 +17,7 @@ from sae_ts.reliability import (
     steerability,
     to_mc_items,
 )
+from sae_ts.models import to_tokens
 
 HOOK = "blocks.1.hook_resid_post"
 
@@ -146,12 +146,12 @@ def test_propensity_curves_batched_equals_single_and_zero_is_unsteered(tiny):
     batched = propensity_curves(tiny, items, v, HOOK, mult, batch_size=4)
     single = np.concatenate([propensity_curves(tiny, [it], v, HOOK, mult) for it in items])
     assert np.allclose(batched, single, atol=1e-4)
-    from sae_ts.reliability import _letter_id, _prompt
+    from sae_ts.experiments.reliability import letter_id, mc_prompt
 
     for it, row in zip(items, batched):
         with torch.no_grad():
-            logits = tiny(to_tokens(tiny, [_prompt(tiny, it, None, "")]))[0, -1]
-        expect = float(logits[_letter_id(tiny, it.pos)] - logits[_letter_id(tiny, it.neg)])
+            logits = tiny(to_tokens(tiny, [mc_prompt(tiny, it, None, "")]))[0, -1]
+        expect = float(logits[letter_id(tiny, it.pos)] - logits[letter_id(tiny, it.neg)])
         assert row[1] == pytest.approx(expect, abs=1e-4)
     assert not np.allclose(batched[:, 0], batched[:, 2])
     # several vectors at once share the prefix and equal one-at-a-time runs
@@ -187,7 +187,7 @@ def test_shared_persona_file_balances(tmp_path):
 def test_report_on_a_fixture(tiny, tmp_path):
     import json as _json
 
-    from sae_ts.reliability_report import run_reliability
+    from sae_ts.experiments.reliability_report import run_reliability
     from tests.conftest import REPO
 
     ds = [REPO / "tests" / "fixtures" / "kindness_persona.jsonl"] * 1
@@ -218,9 +218,9 @@ def test_report_on_a_fixture(tiny, tmp_path):
 
 def test_sae_ts_vector_in_the_report(tiny, tmp_path):
     from sae_ts.effect_model import LinearEffectModel
-    from sae_ts.reliability_report import analyse_dataset
+    from sae_ts.experiments.reliability_report import analyse_dataset
+    from sae_ts.testing import tiny_sae
     from tests.conftest import REPO
-    from tests.test_effects import tiny_sae
 
     sae = tiny_sae(tiny.cfg.d_model, HOOK, d_sae=32)
     g = torch.Generator().manual_seed(0)

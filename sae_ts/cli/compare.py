@@ -1,0 +1,70 @@
+"""``sae-ts compare``: steering methods on concept tasks."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..experiments.comparison import METHODS, judges_from_args, run_comparison
+
+__all__ = ["add_cli_commands"]
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    judges = judges_from_args(
+        args.judge, args.judge_model, args.judge_base_url,
+        Path(args.out_dir) / "judge_cache", args.device,
+    )  # fmt: skip
+    doc = run_comparison(
+        args.task,
+        methods,
+        args.budget,
+        args.seed,
+        args.effect_model,
+        args.out_dir,
+        args.json,
+        args.device,
+        judges,
+        log=lambda msg: print(msg, flush=True),
+    )
+    print(doc["table"])
+    return 0
+
+
+def add_cli_commands(sub: Any) -> None:
+    """Register ``sae-ts compare``."""
+    p = sub.add_parser(
+        "compare",
+        help="compare steering methods on concept tasks (offline judges, held-out scale choice, CIs)",
+    )
+    p.add_argument(
+        "--task",
+        action="append",
+        required=True,
+        help="task directory (act_steer.json + criteria.json); repeatable",
+    )
+    p.add_argument(
+        "--methods", default=",".join(METHODS), help=f"comma-separated, from {','.join(METHODS)}"
+    )
+    p.add_argument("--json", default=None, help="write results here")
+    p.add_argument("--out-dir", default="runs/compare", help="plots, table.md, cached effect model")
+    p.add_argument("--budget", choices=["quick", "full"], default="quick")
+    p.add_argument(
+        "--effect-model",
+        default="default",
+        help="a saved effect model, 'default' (shipped for the embedded SAE) or 'estimate'",
+    )
+    p.add_argument(
+        "--judge",
+        choices=["offline", "api", "hf"],
+        default="offline",
+        help="offline: embedding + likelihood judges; api: the paper's LLM judge over an "
+        "OpenAI-compatible endpoint (key from $OPENAI_API_KEY); hf: a local HF instruct model",
+    )
+    p.add_argument("--judge-model", default=None, help="API model name or HF model path/id")
+    p.add_argument("--judge-base-url", default=None, help="API root, e.g. http://localhost:8000/v1")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, mps ...")
+    p.set_defaults(func=_cmd)

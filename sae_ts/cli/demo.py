@@ -1,0 +1,41 @@
+"""``sae-ts demo``: the whole SAE-TS pipeline on the embedded model."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..experiments.demo import DemoBudget, format_table, run_demo
+from .common import add_dataclass_args, config_from_args
+
+__all__ = ["add_cli_commands"]
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    budget = config_from_args(DemoBudget, args)
+    result = run_demo(args.out, budget, args.seed, args.device, log=print)
+    if not result.get("steering_only"):
+        print()
+        print(format_table(result["rows"]))
+    for name, texts in result["generations"].items():
+        print(f"\n== {name}")
+        for t in texts:
+            print("  " + t.replace("\n", " "))
+    if "out" in result:
+        print(
+            f"\nplot -> {result['out']}/demo.png; artefacts -> {result['out']}/ "
+            f"({result['seconds']:.0f}s in all)"
+        )
+    return 0
+
+
+def add_cli_commands(sub: Any) -> None:
+    """Register ``sae-ts demo``."""
+    p = sub.add_parser(
+        "demo", help="run the whole SAE-TS pipeline on the embedded model (~10 min on CPU)"
+    )
+    p.add_argument("--out", default="runs/demo")
+    add_dataclass_args(p.add_argument_group("budget (DemoBudget)"), DemoBudget)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, mps ...")
+    p.set_defaults(func=_cmd_demo)

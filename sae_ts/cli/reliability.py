@@ -1,0 +1,83 @@
+"""``sae-ts reliability``: per-input steerability, anti-steerability, spurious factors, OOD."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..effect_model import LinearEffectModel, load_default_effect_model
+from ..experiments.reliability_report import run_reliability
+from ..steering import SteeringVector
+from .common import add_model_args, load_from_args
+
+__all__ = ["add_cli_commands"]
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    model, sae, hook = load_from_args(args)
+    hook = args.hook or hook
+    vector: str | torch.Tensor = args.vector
+    extra: dict[str, Any] = {}
+    if args.vector == "sae_ts":
+        em = (
+            LinearEffectModel.load(args.effect_model)
+            if args.effect_model
+            else load_default_effect_model()
+        )
+        extra = {"sae": sae, "effect_model": em}
+    elif args.vector != "caa":
+        sv = SteeringVector.load(args.vector, model=model, hook_name=hook)
+        vector = sv.vector
+    if args.out_dir:
+        Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+    doc = run_reliability(
+        model,
+        args.dataset,
+        hook,
+        vector,
+        args.json,
+        args.out_dir,
+        train=args.train,
+        max_items=args.max_items,
+        seed=args.seed,
+        variants=not args.no_ood,
+        **extra,
+    )
+    for name in args.dataset:
+        r = doc[Path(name).stem]
+        print(
+            f"{Path(name).stem:<40} steerability {r['steerability']['mean']:+.3f}  anti-steerable {r['anti_steerable_fraction']:.2f}  A/B {r['spurious']['ab']:.2f}  Yes/No {r['spurious']['yes_no']:.2f}"
+        )
+    print(json.dumps(doc["across_datasets"], indent=2))
+    return 0
+
+
+def add_cli_commands(sub: Any) -> None:
+    """Register ``sae-ts reliability``."""
+    p = sub.add_parser(
+        "reliability",
+        help="per-input steerability, anti-steerability, spurious factors, OOD (Tan et al.)",
+    )
+    add_model_args(p)
+    p.add_argument("--dataset", action="append", required=True, help="MWE JSONL file (repeatable)")
+    p.add_argument(
+        "--vector",
+        default="caa",
+        help="caa; sae_ts (SAE target found from each dataset's training statements, solved "
+        "with the effect model); or a saved SteeringVector path",
+    )
+    p.add_argument(
+        "--effect-model", default=None, help="for --vector sae_ts (default: the shipped one)"
+    )
+    p.add_argument("--hook", default=None, help="steering hook (default: the SAE's)")
+    p.add_argument("--json", default=None, help="write results here")
+    p.add_argument("--out-dir", default=None, help="write plots here")
+    p.add_argument("--train", type=float, default=0.5, help="train fraction (test: the rest)")
+    p.add_argument("--max-items", type=int, default=200, help="subsample each dataset (seeded)")
+    p.add_argument("--no-ood", action="store_true", help="skip the persona-prompt variants")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd)

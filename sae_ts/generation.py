@@ -1,0 +1,146 @@
+"""Generation: the one sampler and the KV-cached sampling loop.
+
+:func:`sample` is the one top-k/top-p sampler of sae-ts. It samples by inverse CDF from given
+uniform noise ``u`` (one number per row), so the caller decides where randomness comes from:
+effect estimation draws each rollout's noise from its own seeded stream (results do not depend on
+batch composition), :func:`generate` from a ``torch.Generator``.
+
+The order (top-k, then top-p over the renormalised top-k, temperature first) matches Hugging
+Face's warpers. Top-p keeps the tokens whose preceding cumulative mass is ``< top_p``: the
+smallest set whose mass reaches ``top_p``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformer_lens import HookedTransformer
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+from .errors import ConfigError
+from .steering import add_hooks
+from .types import HookFn
+
+__all__ = ["generate", "gumbel_noise", "sample", "sample_gumbel"]
+
+
+def sample(
+    logits: torch.Tensor,
+    u: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> torch.Tensor:
+    """Inverse-CDF sampling of one token per row of ``logits`` ``[batch, vocab]``.
+
+    ``u`` holds one uniform number in [0, 1) per row. Top-k, then top-p, then temperature (applied
+    to the logits first); ``temperature == 0`` is greedy and ignores ``u``.
+    """
+    if temperature == 0.0:
+        return logits.argmax(-1)
+    vals, idx, keep = _candidates(logits, temperature, top_k, top_p)
+    k = vals.shape[-1]
+    probs = vals.softmax(-1)
+    if keep is not None:
+        probs = probs * keep
+        probs = probs / probs.sum(-1, keepdim=True)
+    cdf = probs.cumsum(-1)
+    choice = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1).to(cdf.dtype)).clamp_max(k - 1)
+    return idx.gather(-1, choice)[:, 0]
+
+
+def _candidates(
+    logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Top-k logits / T (sorted), their ids, and the top-p keep mask (None without top-p)."""
+    logits = logits.float() / temperature
+    k = logits.shape[-1] if not top_k else min(top_k, logits.shape[-1])
+    vals, idx = torch.topk(logits, k, dim=-1)  # sorted, descending
+    keep = None
+    if top_p is not None and top_p < 1.0:
+        probs = vals.softmax(-1)
+        keep = (probs.cumsum(-1) - probs) < top_p  # until the mass before a token reaches top_p
+    return vals, idx, keep
+
+
+def sample_gumbel(
+    logits: torch.Tensor,
+    g: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> torch.Tensor:
+    """Gumbel-max sampling with noise ``g`` ``[batch, vocab]`` indexed by vocabulary id.
+
+    Same candidate set as :func:`sample` (top-k, then the top-p cut on the renormalised top-k);
+    within it ``argmax(logit / T + g)`` draws exactly from the truncated distribution. Rows that
+    share ``g`` (coupled sampling) pick the same token whenever their logits are close.
+    """
+    if temperature == 0.0:
+        raise ConfigError("Gumbel-max sampling needs temperature > 0")
+    vals, idx, keep = _candidates(logits, temperature, top_k, top_p)
+    if keep is not None:
+        vals = vals.masked_fill(~keep, float("-inf"))
+    score = vals + g.gather(-1, idx)
+    return idx.gather(-1, score.argmax(-1, keepdim=True))[:, 0]
+
+
+def gumbel_noise(seeds: Sequence[int], vocab: int, device: torch.device | str) -> torch.Tensor:
+    """Standard Gumbel noise ``[len(seeds), vocab]``, one seeded stream per row (on the CPU)."""
+    out = torch.empty(len(seeds), vocab)
+    for i, s in enumerate(seeds):
+        u = torch.rand(vocab, generator=torch.Generator().manual_seed(s), dtype=torch.float64)
+        out[i] = -torch.log(-torch.log(u.clamp(1e-300, 1.0 - 1e-16)))
+    return out.to(device)
+
+
+@torch.no_grad()
+def generate(
+    model: HookedTransformer,
+    tokens: torch.Tensor,
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+    fwd_hooks: Sequence[tuple[str, HookFn]] = (),
+) -> torch.Tensor:
+    """KV-cached sampling from unpadded ``tokens`` ``[batch, prompt_len]``; returns all tokens.
+
+    ``temperature=0`` is greedy. ``fwd_hooks`` (e.g. a :class:`~sae_ts.steering.SteeringHook` or
+    an activation capture) stay on for the prompt pass and every generated token. Each step draws
+    one uniform number per row from ``generator`` (on the generator's device) and samples with
+    :func:`sample`, so a seeded generator gives the same tokens on the same device.
+    """
+    if tokens.ndim != 2 or tokens.shape[1] == 0:
+        raise ConfigError(f"tokens must be [batch, prompt_len>0], got {tuple(tokens.shape)}")
+    device = model.cfg.device
+    tokens = tokens.to(device)
+    batch = tokens.shape[0]
+    noise_device = generator.device if generator is not None else torch.device("cpu")
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, batch)
+    out = [tokens]
+    # Explicit all-ones masks: TransformerLens would otherwise mask every token equal to the
+    # tokenizer's pad id, generated ones included (SmolLM2 pads with <|im_end|>).
+    step_mask = torch.ones(batch, 1, dtype=torch.long, device=device)
+    with add_hooks(model, fwd_hooks):
+        logits = model(
+            tokens,
+            past_kv_cache=cache,
+            attention_mask=torch.ones_like(tokens),
+            return_type="logits",
+        )
+        for i in range(max_new_tokens):
+            u = torch.rand(batch, generator=generator, device=noise_device).to(logits.device)
+            nxt = sample(logits[:, -1], u, temperature, top_k, top_p)
+            out.append(nxt[:, None])
+            if i + 1 < max_new_tokens:
+                logits = model(
+                    nxt[:, None],
+                    past_kv_cache=cache,
+                    attention_mask=step_mask,
+                    return_type="logits",
+                )
+    return torch.cat(out, dim=1)

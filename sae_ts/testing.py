@@ -1,0 +1,108 @@
+"""Tiny models and SAEs for tests and examples: fast, random, and offline.
+
+:func:`tiny_model` is a randomly initialised small Llama-architecture HookedTransformer with a
+small byte-level BPE tokenizer shipped in the package (``assets/tiny-tokenizer``: 1,024 tokens
+trained on Python's ``pydoc_data`` text, with SmolLM2's special tokens and chat template), so it
+needs no network. :func:`tiny_sae` is a small sae-lens SAE for it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from .models import EMBEDDED_MODEL, attach_tokenizer, fast_weight_layout, prepare_tokenizer
+
+__all__ = ["TINY_TOKENIZER_DIR", "tiny_model", "tiny_sae", "tiny_tokenizer"]
+
+TINY_TOKENIZER_DIR: Path = Path(__file__).resolve().parent / "assets" / "tiny-tokenizer"
+
+
+def tiny_tokenizer() -> Any:
+    """The shipped tiny tokenizer (a fresh copy), prepared as sae-ts prepares SmolLM2's."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(TINY_TOKENIZER_DIR)
+    return prepare_tokenizer(tok, EMBEDDED_MODEL.document_start_token)
+
+
+def tiny_model(
+    seed: int = 0,
+    n_layers: int = 2,
+    d_model: int = 64,
+    tokenizer: Any | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> HookedTransformer:
+    """A randomly initialised small Llama-architecture model for fast tests (no network).
+
+    Uses :func:`tiny_tokenizer` when no tokenizer is given.
+    """
+    if tokenizer is None:
+        tokenizer = tiny_tokenizer()
+    n_heads = 4
+    cfg = HookedTransformerConfig(
+        d_model=d_model,
+        d_head=d_model // n_heads,
+        n_heads=n_heads,
+        d_mlp=d_model * 2,
+        n_layers=n_layers,
+        n_ctx=256,
+        d_vocab=len(tokenizer),
+        act_fn="silu",
+        n_key_value_heads=2,
+        normalization_type="RMS",
+        positional_embedding_type="rotary",
+        rotary_adjacent_pairs=False,
+        rotary_dim=d_model // n_heads,
+        final_rms=True,
+        gated_mlp=True,
+        original_architecture="LlamaForCausalLM",
+        tokenizer_prepends_bos=False,
+        default_prepend_bos=True,
+        seed=seed,
+        device=str(device),
+        dtype=dtype,
+        model_name=f"tiny-llama-{n_layers}l-{d_model}d-seed{seed}",
+    )
+    model = HookedTransformer(
+        cfg, tokenizer=tokenizer, move_to_device=False, default_padding_side="left"
+    )
+    attach_tokenizer(model, tokenizer)
+    model.to(device)
+    model.to(dtype)
+    return fast_weight_layout(model).eval()
+
+
+def tiny_sae(
+    d_in: int = 64,
+    hook_name: str = "blocks.0.hook_resid_post",
+    d_sae: int = 48,
+    seed: int = 0,
+    architecture: Literal["standard", "topk"] = "standard",
+    k: int = 8,
+    **metadata: Any,
+) -> Any:
+    """A small random sae-lens SAE reading ``hook_name`` (in eval mode).
+
+    ``"standard"``: a ReLU SAE with encoder ~ N(0, 0.3²), tied decoder and encoder bias -0.1, so
+    latents fire sparsely on a tiny model's activations. ``"topk"``: a TopK SAE with sae-lens's
+    initialisation and ``k`` active latents. Extra keyword arguments go into the metadata (e.g.
+    ``sink_reference_norm=20.0``, ``model_name="t"``).
+    """
+    from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    meta = SAEMetadata(hook_name=hook_name, **metadata)
+    torch.manual_seed(seed)
+    if architecture == "topk":
+        return TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k, metadata=meta)).eval()
+    sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae, metadata=meta))
+    with torch.no_grad():
+        sae.W_enc.normal_(0, 0.3)
+        sae.W_dec.copy_(sae.W_enc.T)
+        sae.b_enc.fill_(-0.1)
+    return sae.eval()

@@ -1,0 +1,31 @@
+"""measure_vector: measured and predicted statistics of one vector."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sae_ts.effect_model import LinearEffectModel
+from sae_ts.effects import EffectConfig, EffectEstimator, random_directions
+from sae_ts.evaluation import measure_vector
+from sae_ts.solver import Target
+from sae_ts.testing import tiny_sae
+
+HOOK = "blocks.0.hook_resid_post"
+CFG = EffectConfig(prompts=("", "I think"), seq_len=6, rollouts=1, baseline_multiplier=1)
+
+
+def test_measure_vector_reports_measured_and_predicted(tiny):
+    sae = tiny_sae(tiny.cfg.d_model, HOOK, d_sae=16)
+    est = EffectEstimator(tiny, sae, config=CFG, seed=0)
+    v = random_directions(1, tiny.cfg.d_model, seed=2)[0]
+    em = LinearEffectModel(torch.randn(tiny.cfg.d_model, 16) * 0.01, torch.zeros(16))
+    target = Target.of([1, 2])
+    m = measure_vector(est, 3 * v, 4.0, target, effect_model=em)
+    # the vector is unit-normalised first: the same measurement as est.measure on the unit vector
+    again = est.measure(v, 4.0, vector_ids=[10**9], progress=False)[0] - est.baseline(False)
+    assert torch.allclose(m.effect, again, atol=1e-6)
+    row = m.row()
+    assert row["predicted_target_effect"] is not None and -1.0 <= row["predicted_cosine"] <= 1.0
+    with pytest.raises(ValueError, match="one \\[d_model\\] vector"):
+        measure_vector(est, torch.ones(2, tiny.cfg.d_model), 4.0, target)
