@@ -37,11 +37,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
-from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from ._util import hook_layer, sink_threshold, to_tokens
 from .artifacts import ArtifactError, load_artifact, save_artifact, write_json_atomic
-from .generation import gumbel_noise, sample_gumbel
+from .generation import generate, gumbel_noise, sample_gumbel
 from .generation import sample as _sample_with_uniforms
 from .sae import check_pair, sink_reference_norm
 from .steering import SteeringHook, add_hooks, check_vector
@@ -315,10 +314,6 @@ class EffectEstimator:
         else:
             u = _uniforms(seeds, steps).to(device)
         pos = torch.arange(width, device=device)[None]
-        # An explicit mask: TransformerLens would otherwise mask every token equal to the pad id,
-        # generated ones included (SmolLM2's pad id is <|im_end|>, which can be sampled).
-        prompt_mask = (pos >= (width - lens)[:, None]).long()
-        step_mask = torch.ones(rows, 1, dtype=torch.long, device=device)
         first_keep = pos > (width - lens)[:, None]  # real prompt positions after the BOS
         sums = torch.zeros(rows, self.d_sae, device=device)
         counts = torch.zeros(rows, device=device)
@@ -331,49 +326,32 @@ class EffectEstimator:
             sums.add_(s_)
             counts.add_(n_)
 
+        def next_token(i: int, last: torch.Tensor) -> torch.Tensor:
+            if cfg.coupled:
+                g = gumbel_noise([_stream_seed(x, i) for x in uniq], last.shape[-1], last.device)
+                nxt = sample_gumbel(last, g[row_of], cfg.temperature, cfg.top_k, cfg.top_p)
+            else:
+                nxt = _sample_with_uniforms(last, u[:, i], cfg.temperature, cfg.top_k, cfg.top_p)
+            state["call"] = i + 1  # the next forward pass carries generated token i + 1
+            return nxt
+
         hooks: list[tuple[str, HookFn]] = []
         if not self.rerun:
             hooks.append((self.sae_hook, capture))  # registered first: reads before steering
         if vectors is not None:
             assert scales is not None
             hooks.append((self.steer_hook, SteeringHook(vectors.to(device), scales.to(device))))
-        cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, rows)
-        out = [tokens]
-        with torch.no_grad(), add_hooks(model, hooks):
-            logits = model(
-                tokens, past_kv_cache=cache, attention_mask=prompt_mask, return_type="logits"
-            )
-            for i in range(steps):
-                if cfg.coupled:
-                    g = gumbel_noise(
-                        [_stream_seed(x, i) for x in uniq], logits.shape[-1], logits.device
-                    )
-                    nxt = sample_gumbel(
-                        logits[:, -1], g[row_of], cfg.temperature, cfg.top_k, cfg.top_p
-                    )
-                else:
-                    nxt = _sample_with_uniforms(
-                        logits[:, -1], u[:, i], cfg.temperature, cfg.top_k, cfg.top_p
-                    )
-                out.append(nxt[:, None])
-                state["call"] = i + 1
-                if i + 1 < steps:
-                    logits = model(
-                        nxt[:, None],
-                        past_kv_cache=cache,
-                        attention_mask=step_mask,
-                        return_type="logits",
-                    )
-                elif not self.rerun:
-                    # the last sampled token's activations: run it up to the SAE layer only
-                    model(
-                        nxt[:, None],
-                        past_kv_cache=cache,
-                        attention_mask=step_mask,
-                        stop_at_layer=hook_layer(self.sae_hook) + 1,
-                    )
+        full = generate(
+            model,
+            tokens,
+            steps,
+            fwd_hooks=hooks,
+            attention_mask=(pos >= (width - lens)[:, None]).long(),  # left padding
+            next_token=next_token,
+            # without a re-run, the last token's activations are read up to the SAE layer only
+            last_stop_at_layer=None if self.rerun else hook_layer(self.sae_hook) + 1,
+        )
         if self.rerun:
-            full = torch.cat(out, dim=1)
             j = torch.arange(full.shape[1], device=device)[None]
             keep = (j > (width - lens)[:, None]) & (j <= (width - 1 + n_new)[:, None])
             acts: dict[str, torch.Tensor] = {}

@@ -12,7 +12,7 @@ smallest set whose mass reaches ``top_p``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from transformer_lens import HookedTransformer
@@ -22,7 +22,7 @@ from .errors import ConfigError
 from .steering import add_hooks
 from .types import HookFn
 
-__all__ = ["generate", "gumbel_noise", "sample", "sample_gumbel"]
+__all__ = ["NextToken", "generate", "gumbel_noise", "sample", "sample_gumbel"]
 
 
 def sample(
@@ -95,6 +95,10 @@ def gumbel_noise(seeds: Sequence[int], vocab: int, device: torch.device | str) -
     return out.to(device)
 
 
+NextToken = Callable[[int, torch.Tensor], torch.Tensor]
+"""``next_token(step, last_logits)`` -> one token id per row: a caller-supplied sampler."""
+
+
 @torch.no_grad()
 def generate(
     model: HookedTransformer,
@@ -106,35 +110,54 @@ def generate(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
     fwd_hooks: Sequence[tuple[str, HookFn]] = (),
+    attention_mask: torch.Tensor | None = None,
+    next_token: NextToken | None = None,
+    last_stop_at_layer: int | None = None,
 ) -> torch.Tensor:
-    """KV-cached sampling from unpadded ``tokens`` ``[batch, prompt_len]``; returns all tokens.
+    """The KV-cached sampling loop of sae-ts; returns prompt + generated tokens.
 
-    ``temperature=0`` is greedy. ``fwd_hooks`` (e.g. a :class:`~sae_ts.steering.SteeringHook` or
-    an activation capture) stay on for the prompt pass and every generated token. Each step draws
-    one uniform number per row from ``generator`` (on the generator's device) and samples with
-    :func:`sample`, so a seeded generator gives the same tokens on the same device.
+    ``tokens`` is ``[batch, prompt_len]``; left-padded prompts pass their ``attention_mask``
+    (1 on real tokens; default all ones). ``temperature=0`` is greedy. ``fwd_hooks`` (e.g. a
+    :class:`~sae_ts.steering.SteeringHook` or an activation capture) stay on for the prompt pass
+    and every generated token. Each step draws one uniform number per row from ``generator`` (on
+    the generator's device) and samples with :func:`sample`, so a seeded generator gives the same
+    tokens on the same device; ``next_token`` replaces that sampler (effect estimation passes
+    per-rollout seeded streams). With ``last_stop_at_layer``, the last sampled token is also run,
+    up to that layer only, so that hooks before it see every generated token.
     """
     if tokens.ndim != 2 or tokens.shape[1] == 0:
         raise ConfigError(f"tokens must be [batch, prompt_len>0], got {tuple(tokens.shape)}")
     device = model.cfg.device
     tokens = tokens.to(device)
     batch = tokens.shape[0]
+    if attention_mask is None:
+        attention_mask = torch.ones_like(tokens)
+    elif attention_mask.shape != tokens.shape:
+        raise ConfigError(
+            f"attention_mask {tuple(attention_mask.shape)} does not match tokens "
+            f"{tuple(tokens.shape)}"
+        )
     noise_device = generator.device if generator is not None else torch.device("cpu")
+
+    def default_next(step: int, last: torch.Tensor) -> torch.Tensor:
+        u = torch.rand(batch, generator=generator, device=noise_device).to(last.device)
+        return sample(last, u, temperature, top_k, top_p)
+
+    pick = next_token or default_next
     cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, batch)
     out = [tokens]
-    # Explicit all-ones masks: TransformerLens would otherwise mask every token equal to the
-    # tokenizer's pad id, generated ones included (SmolLM2 pads with <|im_end|>).
+    # Explicit masks: TransformerLens would otherwise mask every token equal to the tokenizer's
+    # pad id, generated ones included (SmolLM2 pads with <|im_end|>, which can be sampled).
     step_mask = torch.ones(batch, 1, dtype=torch.long, device=device)
     with add_hooks(model, fwd_hooks):
         logits = model(
             tokens,
             past_kv_cache=cache,
-            attention_mask=torch.ones_like(tokens),
+            attention_mask=attention_mask.to(device).long(),
             return_type="logits",
         )
         for i in range(max_new_tokens):
-            u = torch.rand(batch, generator=generator, device=noise_device).to(logits.device)
-            nxt = sample(logits[:, -1], u, temperature, top_k, top_p)
+            nxt = pick(i, logits[:, -1])
             out.append(nxt[:, None])
             if i + 1 < max_new_tokens:
                 logits = model(
@@ -142,5 +165,12 @@ def generate(
                     past_kv_cache=cache,
                     attention_mask=step_mask,
                     return_type="logits",
+                )
+            elif last_stop_at_layer is not None:
+                model(
+                    nxt[:, None],
+                    past_kv_cache=cache,
+                    attention_mask=step_mask,
+                    stop_at_layer=last_stop_at_layer,
                 )
     return torch.cat(out, dim=1)
