@@ -20,6 +20,7 @@ from ..effects import (
     decoder_directions,
     estimate_effects,
     random_directions,
+    typical_residual_norm,
 )
 from ..evaluation import measure_vector
 from ..solver import Target, solve_with_info
@@ -53,13 +54,19 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
     steer_hook = args.steer_hook or hook
     est = EffectEstimator(model, sae, steer_hook=steer_hook, config=cfg, seed=args.seed)
     calib = None
-    if args.scale is None:
+    scale: float | None = args.scale
+    if args.calibrate:
+        scale = None
 
         def calib(v: torch.Tensor) -> torch.Tensor:
             return calibrate_scales(model, v, steer_hook, target_increase=args.target_loss_increase)
 
+    elif scale is None:
+        norm = typical_residual_norm(model, steer_hook)
+        scale = round(args.scale_fraction * norm, 2)
+        print(f"scale {scale} = {args.scale_fraction} x the per-token residual norm {norm:.1f}")
     ds = estimate_effects(
-        est, vecs, args.scale, out_dir=args.out, chunk_size=args.chunk_size, calibrate=calib
+        est, vecs, scale, out_dir=args.out, chunk_size=args.chunk_size, calibrate=calib
     )
     ds.record["candidates"] = args.candidates
     stem = ds.save(Path(args.out) / "effects")
@@ -128,8 +135,19 @@ def add_cli_commands(sub: Any) -> None:
         "--candidates", default="decoder", help="random | decoder | FILE.safetensors with 'vectors'"
     )
     p.add_argument("--n", type=int, default=256, help="number of candidate vectors")
+    p.add_argument("--scale", type=float, default=None, help="fixed scale (overrides the fraction)")
     p.add_argument(
-        "--scale", type=float, default=None, help="fixed scale (default: calibrate per vector)"
+        "--scale-fraction",
+        type=float,
+        default=0.5,
+        help="scale as a fraction of the typical per-token residual norm at the steering hook "
+        "(default 0.5: chosen by the noise-ceiling probe, see the README)",
+    )
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="calibrate each vector's scale to a loss increase instead (the old default; on the "
+        "embedded model +0.5 nats gives ~0.3 x the norm, where effects are below sampling noise)",
     )
     p.add_argument("--target-loss-increase", type=float, default=0.5, help="nats, for calibration")
     add_dataclass_args(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -114,8 +115,8 @@ def test_core_pipeline_end_to_end_on_the_real_model(tmp_path, capsys):
                 str(fx),
                 "--n",
                 "12",
-                "--scale",
-                "60",
+                "--scale-fraction",
+                "0.42",
                 "--chunk-size",
                 "6",
                 *common,
@@ -124,6 +125,9 @@ def test_core_pipeline_end_to_end_on_the_real_model(tmp_path, capsys):
         == 0
     )
     assert (fx / "effects.safetensors").exists() and (fx / "chunk_00001.safetensors").exists()
+    # the default scale rule: a fraction of the typical per-token norm (~143.7 at layer 12)
+    assert "x the per-token residual norm" in capsys.readouterr().out
+    assert 55 < json.loads((fx / "manifest.json").read_text())["scale"] < 65
     assert (
         main(
             [
