@@ -5,18 +5,21 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..experiments.demo import DemoBudget, format_table, run_demo
+from ..experiments.demo import DemoSettings, format_table, run_demo
 from .common import add_dataclass_args, config_from_args
 
 __all__ = ["add_cli_commands"]
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    budget = config_from_args(DemoBudget, args)
-    result = run_demo(args.out, budget, args.seed, args.device, log=print)
+    settings = config_from_args(DemoSettings, args)
+    result = run_demo(args.out, settings, args.seed, args.device, log=print)
     if not result.get("steering_only"):
         print()
         print(format_table(result["rows"]))
+        print()
+        for line in result["verdict"]:
+            print("verdict: " + line)
     for name, texts in result["generations"].items():
         print(f"\n== {name}")
         for t in texts:
@@ -32,10 +35,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def add_cli_commands(sub: Any) -> None:
     """Register ``sae-ts demo``."""
     p = sub.add_parser(
-        "demo", help="run the whole SAE-TS pipeline on the embedded model (~10 min on CPU)"
+        "demo", help="run the whole SAE-TS pipeline on the embedded model (~4 min on CPU)"
     )
     p.add_argument("--out", default="runs/demo")
-    add_dataclass_args(p.add_argument_group("budget (DemoBudget)"), DemoBudget)
+    add_dataclass_args(p.add_argument_group("measurement (DemoSettings)"), DemoSettings)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, mps ...")
     p.set_defaults(func=_cmd_demo)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from sae_ts.experiments.demo import DemoBudget, format_table
+from sae_ts.experiments.demo import DemoBudget, demo_verdict, format_table
 
 
 def test_format_table_shows_missing_predictions_as_a_dash():
@@ -32,3 +32,27 @@ def test_old_module_paths_still_import_with_a_warning(old):
     with pytest.warns(DeprecationWarning, match="moved to"):
         mod = importlib.import_module(old)
     assert mod.__all__
+
+
+def _rows(sae_ts_effect: float, noise: float) -> dict:
+    base = {"off_target_norm": 1.0, "predicted_target_effect": 0.1, "predicted_cosine": 0.5}
+    return {
+        "unsteered": {**base, "target_effect": noise, "target_share": 0.0},
+        "sae_latent": {**base, "target_effect": 0.5, "target_share": 0.10},
+        "sae_ts": {**base, "target_effect": sae_ts_effect, "target_share": 0.20},
+        "targeted": {**base, "target_effect": 0.01, "target_share": 0.05},
+    }
+
+
+def test_verdict_is_honest_about_noise_and_the_latent():
+    lines, usable = demo_verdict(_rows(0.3, 0.05), {"heldout_r2": 0.3, "n_vectors": 4608}, 576)
+    assert usable and "R² 0.300" in lines[0]
+    assert any("sae_ts" in x and "above twice" in x and "at least" in x for x in lines)
+    assert any("targeted" in x and "NOT above" in x and "below" in x for x in lines)
+
+
+def test_verdict_never_presents_a_negative_fit_and_flags_underdetermined_ones():
+    lines, usable = demo_verdict(_rows(0.3, 0.05), {"heldout_r2": -0.05, "n_vectors": 4608}, 576)
+    assert not usable and "does not predict" in lines[0]
+    lines, usable = demo_verdict(_rows(0.3, 0.05), {"heldout_r2": 0.05, "n_vectors": 192}, 576)
+    assert "underdetermined" in lines[0]
