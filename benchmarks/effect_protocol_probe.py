@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from sae_ts.effect_model import noise_ceiling
 from sae_ts.effects import (
     EffectConfig,
     EffectEstimator,
@@ -45,19 +46,13 @@ from sae_ts.models import to_tokens
 
 
 def split_half(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
-    a, b = a.double(), b.double()
-    sse = float(((a - b) ** 2).sum())
-    sst_a = float(((a - a.mean(0)) ** 2).sum())
-    sst_b = float(((b - b.mean(0)) ** 2).sum())
-    m = (a + b) / 2
-    sst_m = float(((m - m.mean(0)) ** 2).sum())
-    ac, bc = a - a.mean(0), b - b.mean(0)
-    cos = torch.nn.functional.cosine_similarity(ac, bc, dim=-1, eps=1e-12)
+    """The library's noise ceiling of two halves, under this probe's recorded key names."""
+    nc = noise_ceiling(a, b)
     return {
-        "split_half_r2": 1 - sse / ((sst_a + sst_b) / 2),
-        "ceiling_of_mean": 1 - (sse / 4) / sst_m,
-        "centred_cosine": float(cos.mean()),
-        "effect_rms": float(m.norm(dim=-1).mean()),
+        "split_half_r2": nc["split_half_r2"],
+        "ceiling_of_mean": nc["ceiling"],
+        "centred_cosine": nc["centred_cosine"],
+        "effect_rms": float(((a.double() + b.double()) / 2).norm(dim=-1).mean()),
     }
 
 
