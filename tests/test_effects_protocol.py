@@ -64,18 +64,22 @@ def test_gumbel_sampler_draws_from_the_truncated_distribution():
     assert out.unique().tolist() == [0]
 
 
-def test_coupled_zero_scale_gives_exactly_zero_effect(tiny, sae):
-    """Steered and baseline rows share their noise, so an unsteered 'vector' has no effect."""
+def test_coupled_zero_scale_gives_zero_effect(tiny, sae):
+    """Steered and baseline rows share their noise, so an unsteered 'vector' has no effect.
+
+    Zero up to float rounding: with several BLAS threads a batch of 18 rows and one of 6 can
+    round differently, which is orders of magnitude below the sampling noise checked after.
+    """
     est = EffectEstimator(tiny, sae, config=COUPLED, seed=3)
     vecs = random_directions(3, tiny.cfg.d_model, seed=2)
     zero = est.measure(vecs, 0.0, progress=False)
     base = est.baseline(progress=False)
-    assert torch.equal(zero, base.expand_as(zero))
+    coupled_err = float((zero - base).abs().max())
+    assert coupled_err < 1e-4, coupled_err
     # independent streams: the same zero-scale 'vectors' show sampling noise
     indep = EffectEstimator(tiny, sae, config=CFG, seed=3)
-    assert (
-        indep.measure(vecs, 0.0, progress=False) - indep.baseline(progress=False)
-    ).abs().max() > 0
+    noise = (indep.measure(vecs, 0.0, progress=False) - indep.baseline(progress=False)).abs().max()
+    assert noise > 1e-2 > 100 * coupled_err, (float(noise), coupled_err)
     # and steering does change the coupled measurement
     assert (est.measure(vecs, 3.0, progress=False) - base).abs().max() > 1e-3
 
