@@ -105,11 +105,6 @@ class EffectConfig:
             del d["coupled"]  # keeps the resume keys of earlier (independent) runs unchanged
         return d
 
-    @property
-    def baseline_rollouts(self) -> int:
-        """Unsteered rollouts per prompt: paired one-to-one when coupled, else ``multiplier`` x."""
-        return self.rollouts if self.coupled else self.rollouts * self.baseline_multiplier
-
 
 def random_directions(n: int, d_model: int, seed: int = 0) -> torch.Tensor:
     """``n`` unit-norm Gaussian directions, seeded."""
@@ -263,12 +258,7 @@ class EffectEstimator:
         ref = sink_reference_norm(self.sae)
         if ref is not None:
             return sink_threshold(self.config.sink_ratio, ref)
-        toks = to_tokens(self.model, reference_texts(2000))[:, :256]
-        with torch.no_grad():
-            _, cache = self.model.run_with_cache(
-                toks, names_filter=self.sae_hook, stop_at_layer=hook_layer(self.sae_hook) + 1
-            )
-        norms = cache[self.sae_hook][0, 1:].float().norm(dim=-1)
+        norms = _reference_norms(self.model, self.sae_hook)
         return sink_threshold(self.config.sink_ratio, float(norms.median()))
 
     # -- measurement -------------------------------------------------------------------------
@@ -535,13 +525,18 @@ def typical_residual_norm(model: HookedTransformer, hook_name: str) -> float:
     Scales in sae-ts's protocols are given as fractions of this (about 143.7 at
     ``blocks.12.hook_resid_post`` of the embedded model).
     """
+    n = _reference_norms(model, hook_name)
+    return float(n[n < 7 * n.median()].median())
+
+
+def _reference_norms(model: HookedTransformer, hook_name: str) -> torch.Tensor:
+    """Residual norms at ``hook_name`` on the first 256 reference-text tokens, position 0 out."""
     toks = to_tokens(model, reference_texts(2000))[:, :256]
     with torch.no_grad():
         _, cache = model.run_with_cache(
             toks, names_filter=hook_name, stop_at_layer=hook_layer(hook_name) + 1
         )
-    n = cache[hook_name][0, 1:].float().norm(dim=-1)
-    return float(n[n < 7 * n.median()].median())
+    return cache[hook_name][0, 1:].float().norm(dim=-1)
 
 
 def reference_texts(n_chars: int = 4000) -> list[str]:
