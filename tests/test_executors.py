@@ -7,15 +7,25 @@ executors' actors load the tiny model (``sae_ts.testing.tiny_loaded``) once each
 from __future__ import annotations
 
 import functools
+import json
 import sys
 
 import pytest
 import torch
 
-from sae_ts.effects import EffectConfig, EffectEstimator, _EstimatorSpec, estimate_effects
-from sae_ts.effects import random_directions as directions
+from sae_ts.effect_model import LinearEffectModel
+from sae_ts.effects import (
+    EffectConfig,
+    EffectEstimator,
+    _EstimatorSpec,
+    estimate_effects,
+    random_directions,
+    sae_fingerprint,
+)
 from sae_ts.errors import ConfigError, MissingExtraError
 from sae_ts.executors import LocalExecutor, RayExecutor
+from sae_ts.experiments.comparison import CompareConfig, _run_task, _TaskRunner, load_task
+from sae_ts.loading import Loaded
 from sae_ts.testing import tiny_loaded
 
 # batch_rows 5: a chunk is measured in several batches, one of them small (other BLAS kernels)
@@ -50,7 +60,7 @@ def one_thread():
 def _estimate(cfg, executor=None, **kw):
     model, sae, _ = tiny_loaded()
     est = EffectEstimator(model, sae, config=cfg, seed=7)
-    vecs = directions(8, model.cfg.d_model, seed=1)
+    vecs = random_directions(8, model.cfg.d_model, seed=1)
     kw = {"chunk_size": 2, "progress": False, **kw}
     return estimate_effects(est, vecs, 3.0, executor=executor, **kw)
 
@@ -121,3 +131,51 @@ def test_without_ray_the_error_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     with pytest.raises(MissingExtraError, match=r"sae-ts\[ray\]"):
         RayExecutor(functools.partial(tiny_loaded, seed=0), workers=2)
+
+
+def _tasks(tmp_path):
+    from tests.experiments.test_comparison import write_task
+    from tests.judges.test_offline import NEG, POS
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = write_task(tmp_path / "a")
+    b = write_task(tmp_path / "b", pos=NEG, neg=POS)  # the opposite concept
+    return [load_task(a), load_task(b)]
+
+
+def _compare(tasks, executor=None):
+    """What run_comparison does with its executor, on the tiny model."""
+    model, sae, hook = tiny_loaded()
+    est = EffectEstimator(model, sae, config=EffectConfig(rollouts=1), seed=0)
+    g = torch.Generator().manual_seed(0)
+    em = LinearEffectModel(
+        torch.randn(model.cfg.d_model, sae.cfg.d_sae, generator=g), torch.zeros(48)
+    )
+    cfg = CompareConfig(samples=4, max_new_tokens=6, norm_fractions=(0.0, 1.0, 2.0), bootstrap=50)
+    runner = _TaskRunner(em, ("caa", "sae", "targeted"), cfg, 0, est.baseline(progress=False),
+                         "cpu", None, model.cfg.model_name, sae_fingerprint(sae))  # fmt: skip
+    local = runner(Loaded(model, sae, hook))
+    ex = executor or LocalExecutor()
+    return dict(ex.imap(_run_task, tasks, local=local, remote=runner))
+
+
+def test_compare_tasks_on_two_workers_equal_one_process(
+    ray_cluster, two_workers, one_thread, tmp_path
+):
+    tasks = _tasks(tmp_path)
+    here = _compare(tasks)
+    assert here[0]["features"] != here[1]["features"]  # two tasks, two records
+    there = _compare(tasks, two_workers)
+    assert json.dumps(there, sort_keys=True) == json.dumps(here, sort_keys=True)
+
+
+def test_cli_ray_flags_fail_fast_with_a_clear_error(monkeypatch, capsys, tmp_path):
+    from sae_ts.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    for cmd in (["estimate", "--out", str(tmp_path)], ["compare", "--task", str(tmp_path)]):
+        assert main([*cmd, "--ray", "--workers", "2"]) == 1
+        assert "pip install 'sae-ts[ray]'" in capsys.readouterr().err
+        assert main([*cmd, "--workers", "2"]) == 1
+        assert "need --ray" in capsys.readouterr().err
