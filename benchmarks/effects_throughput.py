@@ -7,11 +7,17 @@ the SAE layer, SAE-encode, average. It runs on the model as TransformerLens lays
 on sae-ts's re-laid-out weights, so the two sources of speed-up are reported separately.
 
     python benchmarks/effects_throughput.py --vectors-official 2 --vectors 32 --rollouts 8
+
+``--ray --workers 1,2`` also measures the same vectors on a Ray cluster (a local one unless
+``--ray-address`` is given), in chunks of ``--chunk-size`` vectors, with 1 and then 2 workers of
+one CPU (one torch thread) each; actor start-up and model loading are left out of the timing.
+``--vectors-official 0`` skips the official-style loops.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -19,7 +25,15 @@ import time
 import torch
 
 import sae_ts
-from sae_ts.effects import EffectConfig, EffectEstimator, random_directions
+from sae_ts.effects import (
+    EffectConfig,
+    EffectEstimator,
+    _Chunk,
+    _EstimatorSpec,
+    _measure_chunk,
+    random_directions,
+)
+from sae_ts.executors import RayExecutor
 from sae_ts.models import fast_weight_layout, hook_layer, to_tokens
 from sae_ts.sae import sink_mask
 from sae_ts.steering import steer
@@ -55,6 +69,29 @@ def stock_layout(model) -> None:
         p.data = p.data.contiguous()
 
 
+def ray_throughput(est, vectors, scale, workers, chunk_size, address, tokens_per_vector) -> dict:
+    """vectors/s and tok/s of ``workers`` Ray actors measuring ``vectors`` in chunks."""
+    spec = _EstimatorSpec.of(est)
+    jobs = [
+        _Chunk(
+            vectors[i : i + chunk_size], torch.full((len(vectors[i : i + chunk_size]),), scale), i
+        )
+        for i in range(0, len(vectors), chunk_size)
+    ]
+    with RayExecutor(functools.partial(sae_ts.load_default), workers, address=address) as ex:
+        warm = [_Chunk(vectors[:1], torch.full((1,), scale), 0)] * workers  # one per actor
+        list(ex.imap(_measure_chunk, warm, remote=spec))
+        t = time.perf_counter()
+        list(ex.imap(_measure_chunk, jobs, remote=spec))
+        dt = time.perf_counter() - t
+    return {
+        "workers": workers,
+        "chunks": len(jobs),
+        "vectors_s": len(vectors) / dt,
+        "tok_s": len(vectors) * tokens_per_vector / dt,
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -67,6 +104,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch-rows", type=int, default=256)
     ap.add_argument("--scale", type=float, default=60.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ray", action="store_true", help="also measure on Ray workers")
+    ap.add_argument("--workers", default="1,2", help="worker counts to measure with --ray")
+    ap.add_argument("--chunk-size", type=int, default=8, help="vectors per Ray job")
+    ap.add_argument("--ray-address", default=None, help="a running cluster (default: local)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     torch.manual_seed(args.seed)
@@ -107,27 +148,42 @@ def main(argv: list[str] | None = None) -> dict:
     res["saets_vectors_s"] = args.vectors / dt
     res["saets_tok_s"] = args.vectors * tokens_per_vector / dt
 
-    t = time.perf_counter()
-    official_loop(model, sae, hook, vecs[: args.vectors_official], args.scale, cfg)
-    res["official_fast_layout_vectors_s"] = args.vectors_official / (time.perf_counter() - t)
-    stock_layout(model)
-    t = time.perf_counter()
-    official_loop(model, sae, hook, vecs[: args.vectors_official], args.scale, cfg)
-    res["official_stock_vectors_s"] = args.vectors_official / (time.perf_counter() - t)
-    fast_weight_layout(model)
-
-    res["ratio_vs_official_stock"] = res["saets_vectors_s"] / res["official_stock_vectors_s"]
-    res["ratio_vs_official_fast_layout"] = (
-        res["saets_vectors_s"] / res["official_fast_layout_vectors_s"]
-    )
     res["fraction_of_forward"] = res["saets_tok_s"] / fwd
+    if args.vectors_official > 0:
+        t = time.perf_counter()
+        official_loop(model, sae, hook, vecs[: args.vectors_official], args.scale, cfg)
+        res["official_fast_layout_vectors_s"] = args.vectors_official / (time.perf_counter() - t)
+        stock_layout(model)
+        t = time.perf_counter()
+        official_loop(model, sae, hook, vecs[: args.vectors_official], args.scale, cfg)
+        res["official_stock_vectors_s"] = args.vectors_official / (time.perf_counter() - t)
+        fast_weight_layout(model)
+        res["ratio_vs_official_stock"] = res["saets_vectors_s"] / res["official_stock_vectors_s"]
+        res["ratio_vs_official_fast_layout"] = (
+            res["saets_vectors_s"] / res["official_fast_layout_vectors_s"]
+        )
+    if args.ray:
+        res["ray"] = [
+            ray_throughput(est, vecs[: args.vectors], args.scale, int(w), args.chunk_size,
+                           args.ray_address, tokens_per_vector)
+            for w in args.workers.split(",")
+        ]  # fmt: skip
     print(json.dumps(res, indent=2))
     print(
         f"\nsae-ts estimator: {res['saets_vectors_s']:.3f} vectors/s ({res['saets_tok_s']:.0f} tok/s, "
-        f"{res['fraction_of_forward']:.2f} of a plain batched forward at {fwd:.0f} tok/s)\n"
-        f"official loop (stock TL layout): {res['official_stock_vectors_s']:.4f} vectors/s -> ratio {res['ratio_vs_official_stock']:.1f}x\n"
-        f"official loop (sae-ts layout):   {res['official_fast_layout_vectors_s']:.4f} vectors/s -> ratio {res['ratio_vs_official_fast_layout']:.1f}x"
+        f"{res['fraction_of_forward']:.2f} of a plain batched forward at {fwd:.0f} tok/s, "
+        f"{res['torch_threads']} torch threads)"
     )
+    if args.vectors_official > 0:
+        print(
+            f"official loop (stock TL layout): {res['official_stock_vectors_s']:.4f} vectors/s -> ratio {res['ratio_vs_official_stock']:.1f}x\n"
+            f"official loop (sae-ts layout):   {res['official_fast_layout_vectors_s']:.4f} vectors/s -> ratio {res['ratio_vs_official_fast_layout']:.1f}x"
+        )
+    for r in res.get("ray", []):
+        print(
+            f"Ray, {r['workers']} worker(s) of 1 thread, {r['chunks']} chunks: "
+            f"{r['vectors_s']:.3f} vectors/s ({r['tok_s']:.0f} tok/s)"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2)

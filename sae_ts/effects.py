@@ -28,7 +28,7 @@ import dataclasses
 import hashlib
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,8 +40,11 @@ from transformer_lens import HookedTransformer
 
 from ._util import hook_layer, sink_threshold, to_tokens
 from .artifacts import ArtifactError, load_artifact, save_artifact, write_json_atomic
+from .errors import ConfigError
+from .executors import Executor, LocalExecutor
 from .generation import generate, gumbel_noise, sample_gumbel
 from .generation import sample as _sample_with_uniforms
+from .loading import Loaded
 from .sae import check_pair, sink_reference_norm
 from .steering import SteeringHook, add_hooks, check_vector
 from .types import HookFn
@@ -559,6 +562,54 @@ def sae_fingerprint(sae: Any) -> str:
     return h.hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class _EstimatorSpec:
+    """What a worker needs, besides its own model and SAE, to rebuild the driver's estimator."""
+
+    steer_hook: str
+    sae_hook: str
+    config: EffectConfig
+    seed: int
+    model_name: str
+    sae_fingerprint: str
+
+    @classmethod
+    def of(cls, est: EffectEstimator) -> _EstimatorSpec:
+        return cls(
+            est.steer_hook, est.sae_hook, est.config, est.seed, est.model.cfg.model_name,
+            sae_fingerprint(est.sae),
+        )  # fmt: skip
+
+    def __call__(self, loaded: Loaded) -> EffectEstimator:
+        model, sae = loaded.model, loaded.sae
+        got = (model.cfg.model_name, sae_fingerprint(sae))
+        if got != (self.model_name, self.sae_fingerprint):
+            raise ConfigError(
+                f"a worker loaded model {got[0]!r} with SAE {got[1]}, the driver "
+                f"{self.model_name!r} with SAE {self.sae_fingerprint}: give the workers the "
+                "driver's load() arguments"
+            )
+        return EffectEstimator(
+            model, sae, self.steer_hook, self.config, self.seed, sae_hook=self.sae_hook
+        )
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    inputs: torch.Tensor  # unit vectors
+    scales: torch.Tensor
+    first_id: int  # vector ids (random streams) are first_id, first_id + 1, ...
+
+
+def _measure_chunk(est: EffectEstimator, job: _Chunk) -> torch.Tensor:
+    ids = list(range(job.first_id, job.first_id + job.inputs.shape[0]))
+    return est.measure(job.inputs, job.scales, vector_ids=ids, progress=False)
+
+
+def _measure_baseline(est: EffectEstimator, progress: bool) -> torch.Tensor:
+    return est.baseline(progress=progress)
+
+
 def _manifest_key(config: EffectConfig, seed: int, extra: dict[str, Any]) -> str:
     # batch_rows changes speed, not results (batched equals unbatched), so it is not in the key
     cfg = {k: v for k, v in config.to_dict().items() if k != "batch_rows"}
@@ -577,6 +628,7 @@ def estimate_effects(
     progress: bool = True,
     store_dtype: torch.dtype = torch.float32,
     shard: tuple[int, int] = (0, 1),
+    executor: Executor | None = None,
 ) -> EffectDataset:
     """Estimate effects of ``vectors`` (unit-normalised) in chunks; resume from ``out_dir``.
 
@@ -594,6 +646,14 @@ def estimate_effects(
     ``shard=(k, m)``: do only the chunks ``c`` with ``c % m == k`` and return those, so that ``m``
     processes can share one ``out_dir`` (compute the baseline first, e.g. with ``shard=(0, m)`` on
     no chunks, or let the first process write it). :meth:`EffectDataset.load_dir` reads them all.
+
+    ``executor``: where the baseline and the chunks are measured (default: here, in order). With a
+    :class:`~sae_ts.executors.RayExecutor` every worker measures whole chunks on its own copy of
+    the model and SAE; this process calibrates (if asked), keeps the manifest and writes each
+    chunk as it comes back. Each vector's random streams depend on its index only, so the
+    effects are the same for any number of workers: bit for bit on CPU in fp32 at the same
+    ``chunk_size`` and ``batch_rows`` and the same torch thread count, since a BLAS call's
+    rounding depends on its shape and threads (another ``chunk_size`` moves the last bits only).
     """
     k_shard, m_shard = shard
     if not 0 <= k_shard < m_shard:
@@ -673,42 +733,56 @@ def estimate_effects(
             write_json_atomic(man_path, {"key": key, "n": n, "chunk_size": chunk_size, **record})
         if (out / "baseline.safetensors").exists():
             baseline = load_artifact(out / "baseline", kind="effect_baseline")[0]["baseline"]
+    ex = executor or LocalExecutor()
+    spec = _EstimatorSpec.of(estimator)
     if baseline is None:
-        baseline = estimator.baseline(progress=progress)
+        baseline = next(
+            ex.imap(_measure_baseline, [progress and ex.in_process], local=estimator, remote=spec)
+        )[1]
         if out is not None:
             save_artifact(
                 out / "baseline", {"baseline": baseline}, {"kind": "effect_baseline", **record}
             )
-    parts: list[EffectDataset] = []
     n_chunks = math.ceil(n / chunk_size)
     mine = [c for c in range(n_chunks) if c % m_shard == k_shard]
     bar = tqdm(total=len(mine), desc="effect chunks", disable=not progress)
+    done: dict[int, EffectDataset] = {}
+    todo: list[int] = []
     for c in mine:
         sl = slice(c * chunk_size, min(n, (c + 1) * chunk_size))
         path = out / f"chunk_{c:05d}" if out is not None else None
         if path is not None and path.with_suffix(".safetensors").exists():
             t, _ = load_artifact(path, kind="effect_chunk")
-            parts.append(
-                EffectDataset(
-                    units[sl], t["scales"].float(), t["effects"].float(), baseline, record
-                )
+            done[c] = EffectDataset(
+                units[sl], t["scales"].float(), t["effects"].float(), baseline, record
             )
             bar.update(1)
-            continue
-        u = units[sl]
-        s = fixed[sl] if fixed is not None else calibrate(u)  # type: ignore[misc]
-        means = estimator.measure(u, s, vector_ids=list(range(sl.start, sl.stop)), progress=False)
+        else:
+            todo.append(c)
+
+    scales_of: dict[int, torch.Tensor] = {}
+
+    def jobs() -> Iterator[_Chunk]:  # lazy: calibration runs here, as a worker becomes free
+        for c in todo:
+            sl = slice(c * chunk_size, min(n, (c + 1) * chunk_size))
+            s = fixed[sl] if fixed is not None else calibrate(units[sl])  # type: ignore[misc]
+            scales_of[c] = s
+            yield _Chunk(units[sl], s, sl.start)
+
+    for i, means in ex.imap(_measure_chunk, jobs(), local=estimator, remote=spec):
+        c = todo[i]
+        u, s = units[c * chunk_size : (c + 1) * chunk_size], scales_of.pop(c)
         eff = (means - baseline).to(store_dtype)
-        part = EffectDataset(u, s, eff.float(), baseline, record)
-        if path is not None:
+        if out is not None:  # written as each chunk comes back: a kill loses no finished chunk
             save_artifact(
-                path,
+                out / f"chunk_{c:05d}",
                 {"inputs": u.to(store_dtype), "scales": s, "effects": eff},
                 {"kind": "effect_chunk", "chunk": c, **record},
             )
-        parts.append(part)
+        done[c] = EffectDataset(u, s, eff.float(), baseline, record)
         bar.update(1)
     bar.close()
+    parts = [done[c] for c in mine]
     if not parts:  # an empty shard
         d = estimator.model.cfg.d_model
         return EffectDataset(

@@ -15,10 +15,12 @@ __all__ = [
     "HubUnavailableError",
     "InputTypeError",
     "JudgeAPIError",
+    "MissingExtraError",
     "MissingFileError",
     "ModelFetchError",
     "SaeTsError",
     "UnknownHookError",
+    "WorkerError",
 ]
 
 
@@ -63,3 +65,11 @@ class CorpusError(SaeTsError, RuntimeError):
 
 class JudgeAPIError(SaeTsError, RuntimeError):
     """The judge endpoint could not be reached or answered with an error."""
+
+
+class MissingExtraError(SaeTsError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+
+class WorkerError(SaeTsError, RuntimeError):
+    """A distributed job lost its worker more often than the executor allows."""

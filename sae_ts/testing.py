@@ -14,9 +14,10 @@ from typing import Any, Literal
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from .loading import Loaded
 from .models import EMBEDDED_MODEL, attach_tokenizer, fast_weight_layout, prepare_tokenizer
 
-__all__ = ["TINY_TOKENIZER_DIR", "tiny_model", "tiny_sae", "tiny_tokenizer"]
+__all__ = ["TINY_TOKENIZER_DIR", "tiny_loaded", "tiny_model", "tiny_sae", "tiny_tokenizer"]
 
 TINY_TOKENIZER_DIR: Path = Path(__file__).resolve().parent / "assets" / "tiny-tokenizer"
 
@@ -106,3 +107,14 @@ def tiny_sae(
         sae.W_dec.copy_(sae.W_enc.T)
         sae.b_enc.fill_(-0.1)
     return sae.eval()
+
+
+def tiny_loaded(
+    seed: int = 0, d_sae: int = 48, hook_name: str = "blocks.0.hook_resid_post"
+) -> Loaded:
+    """:func:`tiny_model` and a :func:`tiny_sae` for it, as :func:`sae_ts.load_default` returns.
+
+    A module-level loader, so a :class:`~sae_ts.executors.RayExecutor` can call it in a worker.
+    """
+    model = tiny_model(seed=seed)
+    return Loaded(model, tiny_sae(model.cfg.d_model, hook_name, d_sae=d_sae), hook_name)

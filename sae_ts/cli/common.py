@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import types
 import typing
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import torch
 
 from ..errors import ConfigError
+from ..executors import RayExecutor
 from ..loading import Loaded, check_pair, load, load_default
 from ..models import load_default_model
 from ..sae import load_sae
@@ -23,8 +25,11 @@ __all__ = [
     "DTYPES",
     "add_dataclass_args",
     "add_model_args",
+    "add_ray_args",
     "config_from_args",
+    "executor_from_args",
     "load_from_args",
+    "loader_from_args",
     "parse_features",
     "read_lines",
 ]
@@ -85,6 +90,55 @@ def load_from_args(args: argparse.Namespace) -> Loaded:
             raise ConfigError("--model, --sae-release and --sae-id go together")
         return load(args.model, args.sae_release, args.sae_id, device=args.device, dtype=dtype)
     return load_default(device=args.device, dtype=dtype)
+
+
+def loader_from_args(args: argparse.Namespace) -> Callable[[], Loaded]:
+    """:func:`load_from_args` with this command's model/SAE flags only: picklable for workers."""
+    keys = ("model", "sae_release", "sae_id", "sae", "device", "dtype")
+    flags = argparse.Namespace(**{k: getattr(args, k, None) for k in keys})
+    return functools.partial(load_from_args, flags)
+
+
+# ----------------------------------------------------------------------------------------------
+# Ray
+
+
+def add_ray_args(p: argparse.ArgumentParser) -> None:
+    """``--ray [ADDRESS]``, ``--workers``, ``--gpus-per-worker``, ``--cpus-per-worker``."""
+    g = p.add_argument_group("Ray cluster (needs: pip install 'sae-ts[ray]')")
+    g.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="run on Ray workers: ADDRESS of a running cluster (auto, HOST:6379, "
+        "ray://HOST:10001); without it, ray.init()'s default ($RAY_ADDRESS, a cluster started on "
+        "this machine, else a new local one)",
+    )
+    g.add_argument("--workers", type=int, default=1, help="Ray actors, one model each")
+    g.add_argument("--gpus-per-worker", type=float, default=0.0, help="e.g. 1, or 0.5 to share")
+    g.add_argument(
+        "--cpus-per-worker",
+        type=int,
+        default=1,
+        help="CPUs reserved per worker, and its torch threads (default 1)",
+    )
+
+
+def executor_from_args(args: argparse.Namespace, load: Callable[[], Loaded]) -> RayExecutor | None:
+    """The :class:`RayExecutor` that ``--ray`` asks for (``None`` without ``--ray``)."""
+    if args.ray is None:
+        if args.workers != 1 or args.gpus_per_worker or args.cpus_per_worker != 1:
+            raise ConfigError("--workers, --gpus-per-worker and --cpus-per-worker need --ray")
+        return None
+    return RayExecutor(
+        load,
+        args.workers,
+        address=args.ray or None,
+        gpus_per_worker=args.gpus_per_worker,
+        cpus_per_worker=args.cpus_per_worker,
+    )
 
 
 # ----------------------------------------------------------------------------------------------

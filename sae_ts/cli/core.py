@@ -28,9 +28,12 @@ from ..steering import SteeringVector
 from .common import (
     add_dataclass_args,
     add_model_args,
+    add_ray_args,
     add_target_args,
     config_from_args,
+    executor_from_args,
     load_from_args,
+    loader_from_args,
     read_lines,
     target_from_args,
 )
@@ -39,6 +42,7 @@ __all__ = ["add_cli_commands"]
 
 
 def _cmd_estimate(args: argparse.Namespace) -> int:
+    executor = executor_from_args(args, loader_from_args(args))  # before loading: fail fast
     loaded = load_from_args(args)
     model, sae, hook = loaded
     base = EffectConfig()
@@ -65,9 +69,14 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
         norm = typical_residual_norm(model, steer_hook)
         scale = round(args.scale_fraction * norm, 2)
         print(f"scale {scale} = {args.scale_fraction} x the per-token residual norm {norm:.1f}")
-    ds = estimate_effects(
-        est, vecs, scale, out_dir=args.out, chunk_size=args.chunk_size, calibrate=calib
-    )
+    try:
+        ds = estimate_effects(
+            est, vecs, scale, out_dir=args.out, chunk_size=args.chunk_size, calibrate=calib,
+            executor=executor,
+        )  # fmt: skip
+    finally:
+        if executor is not None:
+            executor.close()
     ds.record["candidates"] = args.candidates
     stem = ds.save(Path(args.out) / "effects")
     print(
@@ -157,6 +166,7 @@ def add_cli_commands(sub: Any) -> None:
     p.add_argument("--steer-hook", default=None, help="default: the SAE's hook")
     p.add_argument("--chunk-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    add_ray_args(p)
     p.set_defaults(func=_cmd_estimate)
 
     p = sub.add_parser("fit", help="fit the linear effect model effect = v @ W + b")

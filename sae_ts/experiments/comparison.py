@@ -33,13 +33,14 @@ from transformer_lens import HookedTransformer
 from .._util import to_tokens
 from ..baselines import caa_vector, find_features, mean_activations, sae_latent_vector
 from ..effect_model import DEFAULT_EFFECT_MODEL, LinearEffectModel, load_default_effect_model
-from ..effects import EffectConfig, EffectEstimator
+from ..effects import EffectConfig, EffectEstimator, sae_fingerprint
 from ..errors import ConfigError, MissingFileError
 from ..evaluation import measure_vector
+from ..executors import Executor, LocalExecutor
 from ..generation import generate
 from ..judges.llm import APICriterionJudge, ChatClient, HFCriterionJudge
 from ..judges.offline import CoherenceJudge, EmbeddingBehaviorJudge, load_embedder
-from ..loading import load_default
+from ..loading import Loaded, load_default
 from ..solver import Target, solve
 from ..steering import SteeringHook
 from ..types import SAELike
@@ -460,6 +461,7 @@ def run_comparison(
     device: str = "cpu",
     judges: JudgeFactory | None = None,
     log: Callable[[str], None] | None = None,
+    executor: Executor | None = None,
 ) -> dict[str, Any]:
     """``sae-ts compare``: every task x method on the embedded model; JSON, table, plots.
 
@@ -469,6 +471,11 @@ def run_comparison(
     ``effect_model_path``: a saved :class:`LinearEffectModel`, ``"default"`` (the one shipped
     for the embedded SAE, falling back to estimating one if it is missing) or ``"estimate"``
     (a small one estimated now with the demo's budget, cached in ``out_dir``).
+
+    ``executor``: where the tasks run (default: here, one after the other); with a
+    :class:`~sae_ts.executors.RayExecutor` (workers loading ``load_default(device=device)``) the
+    tasks run in parallel, each on one worker, and this process writes the plots and the JSON.
+    Every task is seeded on its own, so the records do not depend on the number of workers.
     """
     t0 = time.time()
     out = Path(out_dir)
@@ -496,16 +503,18 @@ def run_comparison(
     est = EffectEstimator(model, sae, config=EffectConfig(rollouts=1), seed=seed)
     baseline = est.baseline(progress=False)
     embedder = load_embedder(device)
-    results: dict[str, dict[str, Any]] = {}
-    for d in task_dirs:
-        task = load_task(d)
-        results[Path(d).name] = compare_task(
-            model, sae, hook, task, em, methods, cfg, est, baseline, embedder, out, judges
-        )
+    tasks = [load_task(d) for d in task_dirs]
+    runner = _TaskRunner(em, tuple(methods), cfg, seed, baseline, device, judges,
+                         model.cfg.model_name, sae_fingerprint(sae))  # fmt: skip
+    local = _TaskContext(runner, model, sae, hook, est, embedder)
+    done: dict[int, dict[str, Any]] = {}
+    for i, rec in (executor or LocalExecutor()).imap(_run_task, tasks, local=local, remote=runner):
+        done[i], task = rec, tasks[i]
+        plot_task(task.name, rec["curves"], out / f"{Path(task.path).name or task.name}_sweep.png")
         (log or _quiet)(
-            f"{Path(d).name}: "
-            + ", ".join(f"{m} {results[Path(d).name][m]['score']:.3f}" for m in methods),
+            f"{Path(task.path).name}: " + ", ".join(f"{m} {rec[m]['score']:.3f}" for m in methods)
         )
+    results = {Path(d).name: done[i] for i, d in enumerate(task_dirs)}
     table = markdown_table(results, methods)
     (out / "table.md").write_text(table + "\n")
     doc = {
@@ -559,6 +568,47 @@ def judges_from_args(
             raise ConfigError("--judge hf needs --judge-model PATH_OR_HUB_ID (an instruct model)")
         return llm_judges(hf_model=judge_model, device=device)
     raise ConfigError(f"unknown judge {judge!r}; use offline, api or hf")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _TaskRunner:
+    """What a worker needs, besides its own model and SAE, to run a task as the driver would."""
+
+    effect_model: LinearEffectModel | None
+    methods: tuple[str, ...]
+    cfg: CompareConfig
+    seed: int
+    baseline: torch.Tensor
+    device: str
+    judges: JudgeFactory | None
+    model_name: str
+    sae_fingerprint: str
+
+    def __call__(self, loaded: Loaded) -> _TaskContext:
+        model, sae, hook = loaded.model, loaded.sae, loaded.hook_name
+        if (model.cfg.model_name, sae_fingerprint(sae)) != (self.model_name, self.sae_fingerprint):
+            raise ConfigError("a worker loaded another model or SAE than the driver")
+        est = EffectEstimator(model, sae, config=EffectConfig(rollouts=1), seed=self.seed)
+        return _TaskContext(self, model, sae, hook, est, load_embedder(self.device))
+
+
+@dataclass
+class _TaskContext:
+    runner: _TaskRunner
+    model: HookedTransformer
+    sae: SAELike
+    hook: str
+    estimator: EffectEstimator
+    embedder: Any
+
+
+def _run_task(ctx: _TaskContext, task: Task) -> dict[str, Any]:
+    """One task's record (:func:`compare_task`; plots are left to the driver)."""
+    r = ctx.runner
+    return compare_task(
+        ctx.model, ctx.sae, ctx.hook, task, r.effect_model, r.methods, r.cfg, ctx.estimator,
+        r.baseline, ctx.embedder, None, r.judges,
+    )  # fmt: skip
 
 
 def _quiet(msg: str) -> None:
