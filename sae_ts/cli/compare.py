@@ -6,7 +6,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..experiments.comparison import METHODS, judges_from_args, run_comparison
+from ..experiments.comparison import (
+    METHODS,
+    judges_from_args,
+    parse_feature_overrides,
+    run_comparison,
+)
 
 __all__ = ["add_cli_commands"]
 
@@ -28,8 +33,12 @@ def _cmd(args: argparse.Namespace) -> int:
         args.device,
         judges,
         log=lambda msg: print(msg, flush=True),
+        features=parse_feature_overrides(args.features or []),
+        validate=not args.no_validation,
     )
     print(doc["table"])
+    print()
+    print(doc["differences"])
     return 0
 
 
@@ -37,7 +46,8 @@ def add_cli_commands(sub: Any) -> None:
     """Register ``sae-ts compare``."""
     p = sub.add_parser(
         "compare",
-        help="compare steering methods on concept tasks (offline judges, held-out scale choice, CIs)",
+        help="compare steering methods on concept tasks (paired samples, held-out norm choice, "
+        "paired bootstrap CIs, offline judges checked against independent ones)",
     )
     p.add_argument(
         "--task",
@@ -50,11 +60,29 @@ def add_cli_commands(sub: Any) -> None:
     )
     p.add_argument("--json", default=None, help="write results here")
     p.add_argument("--out-dir", default="runs/compare", help="plots, table.md, cached effect model")
-    p.add_argument("--budget", choices=["quick", "full"], default="quick")
+    p.add_argument(
+        "--budget",
+        choices=["smoke", "quick", "full"],
+        default="quick",
+        help="full: 11 norms x 64 samples x 24 tokens (the README's run); quick: 6 x 16 x 16; "
+        "smoke: a seconds-long check",
+    )
     p.add_argument(
         "--effect-model",
         default="default",
-        help="a saved effect model, 'default' (shipped for the embedded SAE) or 'estimate'",
+        help="a saved effect model, or 'default' (the one shipped for the embedded SAE)",
+    )
+    p.add_argument(
+        "--features",
+        action="append",
+        default=None,
+        help="manual target latents, TASK=ID[:WEIGHT],ID... (TASK: the task directory's name; "
+        "without TASK= for every task); repeatable",
+    )
+    p.add_argument(
+        "--no-validation",
+        action="store_true",
+        help="skip checking the behaviour judge against independent judges",
     )
     p.add_argument(
         "--judge",
