@@ -8,7 +8,9 @@ strongly on one positive text's word. :func:`select_targets` ranks by *consisten
    the document-start token left out) minus the fraction of negative texts on which it fires;
 2. ties broken by ``auroc``: how often a positive text's maximum activation of the latent exceeds
    a negative text's (ties count half);
-3. then by ``gap``: the difference of the mean per-text maximum activations.
+3. then by ``density``, lower first: the latent's firing rate on ordinary reference text
+   (:func:`latent_density`), so that of two equally selective latents the more specific one wins;
+4. then by ``gap``: the difference of the mean per-text maximum activations.
 
 Latents firing on more than ``max_density`` of the tokens of ordinary reference text
 (:func:`latent_density`) are left out: they are generic, not concept latents. The chosen latents
@@ -224,7 +226,9 @@ def select_targets(
         if rate is not None:
             eligible &= rate <= max_density
         cand = [int(j) for j in torch.nonzero(eligible).flatten()]
-        cand.sort(key=lambda j: (-float(fire_gap[j]), -float(auroc[j]), -float(gap[j]), j))
+        dens = rate if rate is not None else torch.zeros(d_sae)
+        cand.sort(key=lambda j: (-float(fire_gap[j]), -float(auroc[j]), float(dens[j]),
+                                 -float(gap[j]), j))  # fmt: skip
         chosen = cand[:top]
         if not chosen:
             raise ConfigError(

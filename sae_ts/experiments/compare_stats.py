@@ -215,13 +215,11 @@ def plot_task(name: str, record: Mapping[str, Any], methods: Sequence[str], path
 
     fig = Figure(figsize=(12, 3.4))
     axes = fig.subplots(1, 3, sharex=True)
-    for m in methods:
+    for k, m in enumerate(methods):
         c = record[m]["curve"]
         for ax, key in zip(axes, ("behavior", "coherence", "score")):
-            ax.plot(c["norm_fraction"], c[key], marker="o", ms=3, label=m)
-        axes[2].axvline(
-            record[m]["norm_fraction"], ls=":", lw=0.8, color=axes[2].lines[-1].get_color()
-        )
+            ax.plot(c["norm_fraction"], c[key], marker="o", ms=3, label=m, color=f"C{k}")
+        axes[2].axvline(record[m]["norm_fraction"], ls=":", lw=0.8, color=f"C{k}")
     for ax, title in zip(axes, ("behaviour", "coherence", "behaviour x coherence")):
         ax.set(title=title, xlabel="norm / per-token residual norm", ylim=(0, 1))
     axes[0].legend(fontsize=8)
@@ -244,7 +242,7 @@ def plot_differences(
         for y, m in enumerate(ms):
             d = mean[m][key]
             ax.errorbar(d["diff"], y, xerr=[[d["diff"] - d["ci"][0]], [d["ci"][1] - d["diff"]]],
-                        fmt="o", capsize=4)  # fmt: skip
+                        fmt="o", capsize=4, color=f"C{list(methods).index(m)}")  # fmt: skip
         ax.axvline(0, color="grey", lw=0.8)
         ax.set_yticks(range(len(ms)), ms)
         ax.set_ylim(-0.5, len(ms) - 0.5)
