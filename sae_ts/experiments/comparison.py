@@ -169,6 +169,8 @@ def build_vectors(
 ) -> tuple[dict[str, torch.Tensor], Target]:
     """Unit vectors for each method from the build-role texts; all but CAA aim at ``targets``."""
     unknown = set(methods) - set(METHODS)
+    if not methods:
+        raise ConfigError(f"no methods to compare; choose from {METHODS}")
     if unknown:
         raise ConfigError(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
     if not targets:
