@@ -1,7 +1,12 @@
 """All nine SAE-TS concept tasks x all methods on the embedded model (the README's comparison).
 
-python benchmarks/compare_methods.py --budget full --seed 0
-python benchmarks/compare_methods.py --validate-judges   # judge AUROC + hand-written probes only
+OMP_NUM_THREADS=2 python benchmarks/compare_methods.py --budget full --seed 0
+python benchmarks/compare_methods.py --validate-judges   # judge checks on texts only (seconds)
+
+``--validate-judges`` builds each task's behaviour judge from its judge-half texts (the same seeded
+split as the comparison) and reports its AUROC on the build-half texts it never saw, its
+leave-one-out AUROC on its own texts, and its scores on the hand-written probes below. The check
+on generated text (agreement with independent judges) is part of the full run.
 """
 
 from __future__ import annotations
@@ -113,35 +118,44 @@ PROBES: dict[str, tuple[list[str], list[str]]] = {
 }
 
 
-def validate_judges(tasks: list[Path], out: Path) -> dict:
-    """LOO AUROC of the behaviour judge on each task's texts, and its scores on the probes."""
-    from sae_ts.judges import EmbeddingBehaviorJudge, load_embedder
+def validate_judges(tasks: list[Path], out: Path, seed: int = 0) -> dict:
+    """AUROC of each task's judge-half behaviour judge on the held-out build half; probes."""
+    from sae_ts.experiments.comparison import split_roles
+    from sae_ts.judges import EmbeddingBehaviorJudge, auroc, load_embedder
 
     emb = load_embedder()
     res: dict[str, dict] = {}
     for d in tasks:
-        t = load_task(d)
-        j = EmbeddingBehaviorJudge(t.pos, t.neg, t.score_criterion, emb)
+        roles = split_roles(load_task(d), seed)
+        j = EmbeddingBehaviorJudge(
+            roles.judge.pos, roles.judge.neg, roles.judge.score_criterion, emb
+        )
         on, off = PROBES.get(d.name, ([], []))
-        rec: dict = {"auroc_loo": j.validate()["auroc_loo"], "n": len(t.pos) + len(t.neg)}
+        rec: dict = {
+            "auroc_build_texts": auroc(j.raw(roles.build.pos), j.raw(roles.build.neg)),
+            "auroc_loo_judge_texts": j.validate()["auroc_loo"],
+            "n_build": len(roles.build.pos) + len(roles.build.neg),
+            "n_judge": len(roles.judge.pos) + len(roles.judge.neg),
+        }
         if on:
             s_on, s_off = j.score(on), j.score(off)
             rec |= {
-                "probe_on": s_on.round(3).tolist(),
-                "probe_off": s_off.round(3).tolist(),
+                "probe_on": s_on.astype(float).round(3).tolist(),
+                "probe_off": s_off.astype(float).round(3).tolist(),
                 "probes_ranked_right": bool(s_on.min() > s_off.max()),
             }
         res[d.name] = rec
         print(
-            f"{d.name:22s} LOO AUROC {rec['auroc_loo']:.3f}  on {rec.get('probe_on')}  off {rec.get('probe_off')}"
+            f"{d.name:22s} AUROC on build texts {rec['auroc_build_texts']:.3f}  LOO on judge texts "
+            f"{rec['auroc_loo_judge_texts']:.3f}  on {rec.get('probe_on')}  off {rec.get('probe_off')}"
         )
-    aucs = [r["auroc_loo"] for r in res.values()]
+    aucs = [r["auroc_build_texts"] for r in res.values()]
     print(
-        f"min {min(aucs):.3f}  mean {np.mean(aucs):.3f}; probes ranked right on "
+        f"held-out AUROC min {min(aucs):.3f}  mean {np.mean(aucs):.3f}; probes ranked right on "
         f"{sum(r.get('probes_ranked_right', False) for r in res.values())}/{len(res)} tasks"
     )
     out.mkdir(parents=True, exist_ok=True)
-    (out / "judge_validation.json").write_text(json.dumps(res, indent=2))
+    (out / "judge_validation.json").write_text(json.dumps({"seed": seed, **res}, indent=2))
     return res
 
 
@@ -150,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--tasks-dir", default=str(TASKS))
-    ap.add_argument("--budget", choices=["quick", "full"], default="full")
+    ap.add_argument("--budget", choices=["smoke", "quick", "full"], default="full")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--effect-model", default="default")
     ap.add_argument("--out-dir", default="runs/compare_full")
@@ -161,9 +175,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"no tasks under {args.tasks_dir}")
     print("command:", " ".join(["python", *sys.argv]))
     if args.validate_judges:
-        validate_judges(tasks, Path(args.out_dir))
+        validate_judges(tasks, Path(args.out_dir), args.seed)
         return
-    run_comparison(
+    doc = run_comparison(
         tasks,
         METHODS,
         args.budget,
@@ -171,7 +185,10 @@ def main(argv: list[str] | None = None) -> None:
         args.effect_model,
         args.out_dir,
         Path(args.out_dir) / "results.json",
+        log=lambda msg: print(msg, flush=True),
     )
+    print(doc["table"], doc["differences"], sep="\n\n")
+    print(f"{doc['config']['seconds']:.0f} s, {doc['config']['tokens_generated']} generated tokens")
 
 
 if __name__ == "__main__":

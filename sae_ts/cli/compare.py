@@ -3,42 +3,42 @@
 from __future__ import annotations
 
 import argparse
-import functools
 from pathlib import Path
 from typing import Any
 
-from ..experiments.comparison import METHODS, judges_from_args, run_comparison
-from ..loading import load_default
-from .common import add_ray_args, executor_from_args
+from ..experiments.comparison import (
+    METHODS,
+    judges_from_args,
+    parse_feature_overrides,
+    run_comparison,
+)
 
 __all__ = ["add_cli_commands"]
 
 
 def _cmd(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    executor = executor_from_args(args, functools.partial(load_default, device=args.device))
     judges = judges_from_args(
         args.judge, args.judge_model, args.judge_base_url,
         Path(args.out_dir) / "judge_cache", args.device,
     )  # fmt: skip
-    try:
-        doc = run_comparison(
-            args.task,
-            methods,
-            args.budget,
-            args.seed,
-            args.effect_model,
-            args.out_dir,
-            args.json,
-            args.device,
-            judges,
-            log=lambda msg: print(msg, flush=True),
-            executor=executor,
-        )
-    finally:
-        if executor is not None:
-            executor.close()
+    doc = run_comparison(
+        args.task,
+        methods,
+        args.budget,
+        args.seed,
+        args.effect_model,
+        args.out_dir,
+        args.json,
+        args.device,
+        judges,
+        log=lambda msg: print(msg, flush=True),
+        features=parse_feature_overrides(args.features or []),
+        validate=not args.no_validation,
+    )
     print(doc["table"])
+    print()
+    print(doc["differences"])
     return 0
 
 
@@ -46,7 +46,8 @@ def add_cli_commands(sub: Any) -> None:
     """Register ``sae-ts compare``."""
     p = sub.add_parser(
         "compare",
-        help="compare steering methods on concept tasks (offline judges, held-out scale choice, CIs)",
+        help="compare steering methods on concept tasks (paired samples, held-out norm choice, "
+        "paired bootstrap CIs, offline judges checked against independent ones)",
     )
     p.add_argument(
         "--task",
@@ -59,11 +60,29 @@ def add_cli_commands(sub: Any) -> None:
     )
     p.add_argument("--json", default=None, help="write results here")
     p.add_argument("--out-dir", default="runs/compare", help="plots, table.md, cached effect model")
-    p.add_argument("--budget", choices=["quick", "full"], default="quick")
+    p.add_argument(
+        "--budget",
+        choices=["smoke", "quick", "full"],
+        default="quick",
+        help="full: 11 norms x 64 samples x 24 tokens (the README's run); quick: 6 x 16 x 16; "
+        "smoke: a seconds-long check",
+    )
     p.add_argument(
         "--effect-model",
         default="default",
-        help="a saved effect model, 'default' (shipped for the embedded SAE) or 'estimate'",
+        help="a saved effect model, or 'default' (the one shipped for the embedded SAE)",
+    )
+    p.add_argument(
+        "--features",
+        action="append",
+        default=None,
+        help="manual target latents, TASK=ID[:WEIGHT],ID... (TASK: the task directory's name; "
+        "without TASK= for every task); repeatable",
+    )
+    p.add_argument(
+        "--no-validation",
+        action="store_true",
+        help="skip checking the behaviour judge against independent judges",
     )
     p.add_argument(
         "--judge",
@@ -76,5 +95,4 @@ def add_cli_commands(sub: Any) -> None:
     p.add_argument("--judge-base-url", default=None, help="API root, e.g. http://localhost:8000/v1")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, mps ...")
-    add_ray_args(p)
     p.set_defaults(func=_cmd)

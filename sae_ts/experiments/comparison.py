@@ -1,28 +1,45 @@
 """Method comparison on concept tasks: CAA vs SAE latent vs SAE-TS vs sae-ts's solver.
 
-A task is a directory in the SAE-TS format: ``act_steer.json`` (``pos``/``neg`` texts) and
-``criteria.json`` (``[{"name", "score", "coherence"}]``). Every method gets the same target
-features (from :func:`~sae_ts.baselines.find_features` on the task's texts), a unit vector, and the
-same sweep of norms, defined relative to the typical residual norm at the hook (the median over
-the task's texts, sinks excluded), because absolute norms do not transfer between models.
+A task is a directory in the SAE-TS format (:mod:`~sae_ts.experiments.compare_tasks`). The
+protocol, per task:
 
-Protocol, made sounder than the paper's in-sample maximum:
+1. **Roles.** The task's positive and negative texts are split by a seeded permutation into a
+   build half and a judge half. The build half gives the CAA vector and the target latents; the
+   judge half (with the criterion sentence) gives the behaviour judge. No text does both.
+2. **Targets.** The ``n_features`` most selective latents on the build half, dense latents left
+   out, with equal L2-normalised weights (:func:`~sae_ts.targets.select_targets`), or a manual
+   choice. Every method except CAA aims at them; every vector is unit-norm.
+3. **Sweep.** Norms are fractions of the per-token residual norm at the hook
+   (:func:`~sae_ts.effects.typical_residual_norm`, 143.75 at layer 12 of the embedded model).
+   Sample ``i`` of every method at every norm uses the same prompt and the same noise stream, so
+   differences between methods are paired; norm 0 is the ``unsteered`` row, generated once.
+4. **Scores.** Behaviour and coherence per sample; the held-out, paired choice of norm and the
+   paired bootstrap CIs of :mod:`~sae_ts.experiments.compare_stats`.
+5. **Target share and effect** of each method's vector at its chosen norm (at its best steered
+   norm where unsteered was chosen), on the evaluation half's samples (32 rollouts at the full
+   budget): the SAE features of the generated text, read during generation, minus those of the
+   unsteered row on the same noise streams, with a paired bootstrap CI.
+6. **Judge validation.** A seeded subset of the generations (half unsteered, half steered) is
+   scored by independent judges as well (:mod:`~sae_ts.experiments.compare_judges`), and the
+   agreement is reported.
 
-* samples per scale are split in two halves by a seeded permutation; the scale with the best
-  score on half A is chosen, and the score reported is measured on half B, with a 95% bootstrap
-  CI over B's samples (the chosen scale held fixed);
-* the paper's figure (the maximum over scales of the score on all samples) is reported beside it.
-
-The score is the SAE-TS metric, mean behaviour x mean coherence; the AxBench harmonic mean is
-reported too.
+Budget of ``--budget full`` (the README's 9-task run: ``CompareConfig()``), from token counts.
+Per task: (1 unsteered + 4 methods x 10 norms) x 64 samples + 64 coherence-reference samples =
+2,688 sequences x 16 new tokens = 43,008 generated tokens; the coherence judge re-reads them
+(2,688 x ~19 tokens = ~51,000 tokens of forward pass); the LM judge of the validation reads 32
+generations twice with its ~150-token prompt (~9,600 tokens); the embedding judge embeds 2,624
+short texts. Measured single-thread CPU costs (contended machine, see the README): 12.3 ms per
+generated token at batch 128, 9.7 ms per token of forward pass, 2.4 s per LM-judged text, 23 ms
+per embedded text: ~1,160 CPU-s per task. Scaled to the ~100 tok/s per core of a quiet machine
+(x 0.81) and 2 threads: ~8,500 CPU-s for 9 tasks, ~71 min of wall time plus ~2 min of loading.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,310 +47,259 @@ import numpy as np
 import torch
 from transformer_lens import HookedTransformer
 
-from .._util import to_tokens
-from ..baselines import caa_vector, find_features, mean_activations, sae_latent_vector
+from ..baselines import caa_vector, sae_latent_vector
 from ..effect_model import DEFAULT_EFFECT_MODEL, LinearEffectModel, load_default_effect_model
-from ..effects import EffectConfig, EffectEstimator, sae_fingerprint
+from ..effects import typical_residual_norm
 from ..errors import ConfigError, MissingFileError
-from ..evaluation import measure_vector
-from ..executors import Executor, LocalExecutor
-from ..generation import generate
-from ..judges.llm import APICriterionJudge, ChatClient, HFCriterionJudge
-from ..judges.offline import CoherenceJudge, EmbeddingBehaviorJudge, load_embedder
-from ..loading import Loaded, load_default
-from ..solver import Target, solve
-from ..steering import SteeringHook
+from ..judges.offline import EmbeddingBehaviorJudge, auroc, load_embedder
+from ..judges.validation import judge_agreement
+from ..loading import load_default
+from ..models import load_hf_model
+from ..solver import Target, predicted_stats, solve, target_stats
+from ..targets import LatentDensity, TargetLatent, latent_density, select_targets
 from ..types import SAELike
-from .pipeline import DemoBudget, estimate_and_fit
+from .compare_generation import Generations, paired_generations
+from .compare_judges import (
+    JudgeFactory,
+    ValidatorFactory,
+    judges_from_args,
+    llm_judges,
+    offline_judges,
+    offline_validators,
+)
+from .compare_stats import (
+    UNSTEERED,
+    aggregate,
+    difference_table,
+    harmonic_mean,
+    paired_comparison,
+    plot_differences,
+    plot_task,
+    score_table,
+)
+from .compare_tasks import Task, TaskRoles, load_task, split_roles
 
 __all__ = [
+    "METHODS",
     "CompareConfig",
+    "Generations",
     "Task",
+    "TaskRoles",
     "build_vectors",
     "compare_task",
     "harmonic_mean",
     "judges_from_args",
     "llm_judges",
+    "load_effect_model",
     "load_task",
-    "markdown_table",
     "offline_judges",
+    "offline_validators",
+    "paired_generations",
+    "parse_feature_overrides",
+    "pooled_validation",
     "run_comparison",
-    "select_scale",
-    "sweep",
-    "typical_norm",
+    "split_roles",
 ]
 
 METHODS = ("caa", "sae", "sae_ts", "targeted")
-
-
-@dataclass(frozen=True)
-class Task:
-    """A concept task: contrastive texts and the judge's criteria."""
-
-    name: str
-    pos: list[str]
-    neg: list[str]
-    score_criterion: str
-    coherence_criterion: str
-    path: str = ""
-
-
-def load_task(path: str | Path) -> Task:
-    """Read an SAE-TS task directory; raise a clear error for anything missing or malformed."""
-    p = Path(path)
-    files = {n: p / n for n in ("act_steer.json", "criteria.json")}
-    for n, f in files.items():
-        if not f.exists():
-            raise MissingFileError(f"task {p} has no {n}")
-    try:
-        act = json.loads(files["act_steer.json"].read_text())
-        crit = json.loads(files["criteria.json"].read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"task {p}: malformed JSON: {e}") from e
-    if not isinstance(act, dict) or not act.get("pos") or not act.get("neg"):
-        raise ConfigError(f"task {p}: act_steer.json needs non-empty 'pos' and 'neg' lists")
-    c = crit[0] if isinstance(crit, list) and crit else crit
-    if not isinstance(c, dict) or not {"score", "coherence"} <= set(c):
-        raise ConfigError(f"task {p}: criteria.json needs 'score' and 'coherence'")
-    return Task(
-        str(c.get("name", p.name)),
-        list(act["pos"]),
-        list(act["neg"]),
-        c["score"],
-        c["coherence"],
-        str(p),
-    )
+FULL_NORMS = tuple(round(0.08 * i, 2) for i in range(11))  # 0, 0.08, ..., 0.8
 
 
 @dataclass(frozen=True)
 class CompareConfig:
-    """Sweep and sampling settings. ``quick`` and ``full`` are the CLI budgets."""
+    """Sweep, sampling and measurement settings; ``budget()`` gives the CLI's presets.
+
+    ``norm_fractions`` are multiples of the per-token residual norm; 0 (the unsteered row) is
+    always included. ``samples`` per norm and method; sample ``i`` uses prompt
+    ``prompts[i % len(prompts)]``.
+    """
 
     prompts: tuple[str, ...] = ("I think",)
-    norm_fractions: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
-    samples: int = 32  # per scale and prompt
-    max_new_tokens: int = 24
+    norm_fractions: tuple[float, ...] = FULL_NORMS
+    samples: int = 64
+    max_new_tokens: int = 16
     temperature: float = 1.0
     top_k: int | None = 50
     top_p: float | None = 0.3
     n_features: int = 3
-    bootstrap: int = 1000
+    max_density: float = 0.1  # latents firing on more reference tokens than this are excluded
+    validation_samples: int = 32  # generations per task also scored by independent judges
+    bootstrap: int = 2000
+    batch_rows: int = 128
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.prompts or self.samples < 2 or self.max_new_tokens < 1:
+            raise ConfigError("need >= 1 prompt, >= 2 samples and >= 1 new token")
+        if any(f < 0 for f in self.norm_fractions) or not any(f > 0 for f in self.norm_fractions):
+            raise ConfigError("norm_fractions must be >= 0, with at least one > 0")
+        if self.bootstrap < 10 or self.batch_rows < 1:
+            raise ConfigError("need batch_rows >= 1 and bootstrap >= 10")
+
+    @property
+    def steered_fractions(self) -> list[float]:
+        return sorted({float(f) for f in self.norm_fractions if f > 0})
 
     @classmethod
     def budget(cls, name: str, **kw: Any) -> CompareConfig:
-        if name == "quick":
-            return cls(
-                norm_fractions=(0.0, 0.5, 1.0, 2.0),
-                samples=8,
-                max_new_tokens=16,
-                bootstrap=200,
-                **kw,
-            )
-        if name == "full":
-            return cls(
-                norm_fractions=(0.0, 0.25, 0.5, 1.0, 1.5, 2.0), samples=32, max_new_tokens=20, **kw
-            )
-        raise ConfigError(f"unknown budget {name!r}; use 'quick' or 'full'")
+        """``full`` (the README's run), ``quick`` (minutes a task) or ``smoke`` (tests)."""
+        presets: dict[str, dict[str, Any]] = {
+            "full": {},
+            "quick": dict(norm_fractions=(0.0, 0.16, 0.32, 0.48, 0.64, 0.8), samples=16,
+                          max_new_tokens=12, validation_samples=16, bootstrap=500),
+            "smoke": dict(norm_fractions=(0.0, 0.4, 0.8), samples=4, max_new_tokens=6,
+                          validation_samples=4, bootstrap=50),
+        }  # fmt: skip
+        if name not in presets:
+            raise ConfigError(f"unknown budget {name!r}; use one of {sorted(presets)}")
+        return cls(**{**presets[name], **kw})
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
-def typical_norm(model: HookedTransformer, texts: Sequence[str], hook_name: str) -> float:
-    """Median residual norm at ``hook_name`` over ``texts`` (document start and sinks left out)."""
-    acts = mean_activations(model, texts, hook_name, "all")  # per-text means: robust, sink-free
-    return float(acts.norm(dim=-1).median())
-
-
 def build_vectors(
     model: HookedTransformer,
     sae: SAELike,
-    task: Task,
+    build: Task,
     hook_name: str,
     effect_model: LinearEffectModel | None,
+    targets: Sequence[TargetLatent],
     methods: Sequence[str] = METHODS,
-    n_features: int = 3,
-) -> tuple[dict[str, torch.Tensor], list[tuple[int, float]]]:
-    """Unit vectors for each method, all aimed at the same target features."""
+) -> tuple[dict[str, torch.Tensor], Target]:
+    """Unit vectors for each method from the build-role texts; all but CAA aim at ``targets``."""
     unknown = set(methods) - set(METHODS)
+    if not methods:
+        raise ConfigError(f"no methods to compare; choose from {METHODS}")
     if unknown:
         raise ConfigError(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
-    feats = find_features(model, sae, task.pos, task.neg, hook_name, top=n_features)
-    if not feats:
-        raise ConfigError(f"task {task.name}: no SAE latent fires more on the positive texts")
-    total = sum(s for _, s in feats)
-    target = Target({f: s / total for f, s in feats})
+    if not targets:
+        raise ConfigError("no target latents")
+    target = Target({t.latent: t.weight for t in targets})
     out: dict[str, torch.Tensor] = {}
     for m in methods:
         if m == "caa":
-            out[m] = caa_vector(model, task.pos, task.neg, hook_name, positions="all")
+            out[m] = caa_vector(model, build.pos, build.neg, hook_name, positions="all")
         elif m == "sae":
             out[m] = sae_latent_vector(sae, target.raise_)
         else:
             if effect_model is None:
                 raise ConfigError(f"method {m!r} needs an effect model")
             out[m] = solve(effect_model, target, "sae_ts" if m == "sae_ts" else "targeted")
-    return out, feats
+    return out, target
 
 
-@torch.no_grad()
-def sweep(
-    model: HookedTransformer,
-    hook_name: str,
-    vector: torch.Tensor,
-    scales: Sequence[float],
-    cfg: CompareConfig,
-    seed_offset: int = 0,
-) -> dict[float, list[str]]:
-    """Generations at every scale (one batched generation per prompt; one scale per row group)."""
-    out: dict[float, list[str]] = {float(s): [] for s in scales}
+def _score(
+    judges: Mapping[int, tuple[Any, Any]], texts: list[str], cfg: CompareConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Behaviour and coherence of ``texts`` (text ``k`` is sample ``k % samples``), per prompt."""
+    n_p = len(cfg.prompts)
+    beh, coh = np.zeros(len(texts)), np.zeros(len(texts))
     for pi, prompt in enumerate(cfg.prompts):
-        toks = to_tokens(model, [prompt])
-        rows = len(scales) * cfg.samples
-        row_scales = torch.tensor([float(s) for s in scales for _ in range(cfg.samples)])
-        vecs = vector.float()[None].expand(rows, -1)
-        g = torch.Generator(device=model.cfg.device).manual_seed(
-            cfg.seed * 1000 + seed_offset * 17 + pi
-        )
-        hook = SteeringHook(vecs, row_scales)
-        ids = generate(
-            model, toks.expand(rows, -1), cfg.max_new_tokens, temperature=cfg.temperature,
-            top_k=cfg.top_k, top_p=cfg.top_p, generator=g, fwd_hooks=[(hook_name, hook)],
-        )  # fmt: skip
-        texts = [str(model.to_string(r[1:])) for r in ids]
-        for i, s in enumerate(scales):
-            out[float(s)].extend(texts[i * cfg.samples : (i + 1) * cfg.samples])
+        idx = [k for k in range(len(texts)) if (k % cfg.samples) % n_p == pi]
+        chunk = [texts[k] for k in idx]
+        bj, cj = judges[pi]
+        beh[idx] = bj.score(chunk, prompt)
+        coh[idx] = cj.score(chunk, prompt)
+    return beh, coh
+
+
+def _validate(
+    validators: Mapping[str, Any],
+    texts: list[str],
+    primary: np.ndarray,
+    n_unsteered: int,
+    cfg: CompareConfig,
+) -> dict[str, Any]:
+    """Agreement of the primary behaviour judge with each validator on a seeded subset of texts.
+
+    ``texts[:n_unsteered]`` are unsteered; half the subset is drawn from them, half from the rest.
+    """
+    rng = np.random.default_rng(cfg.seed + 3)
+    half = cfg.validation_samples // 2
+    pick = np.concatenate([
+        rng.choice(n_unsteered, min(half, n_unsteered), replace=False),
+        n_unsteered + rng.choice(len(texts) - n_unsteered,
+                                 min(cfg.validation_samples - half, len(texts) - n_unsteered),
+                                 replace=False),
+    ])  # fmt: skip
+    n_p = len(cfg.prompts)
+    out: dict[str, Any] = {"n": len(pick), "n_unsteered": int(min(half, n_unsteered))}
+    raw: dict[str, list[float]] = {"behavior": primary[pick].tolist()}
+    for name, judge in validators.items():
+        scores = np.zeros(len(pick))
+        for pi, prompt in enumerate(cfg.prompts):
+            sel = [j for j, k in enumerate(pick) if (k % cfg.samples) % n_p == pi]
+            if sel:
+                scores[sel] = judge.score([texts[pick[j]] for j in sel], prompt)
+        out[name] = judge_agreement(primary[pick], scores, seed=cfg.seed)
+        raw[name] = scores.tolist()
+    out["scores"] = raw
     return out
 
 
-def harmonic_mean(a: float, b: float) -> float:
-    """AxBench's aggregate of two scores (0 if either is 0)."""
-    return 0.0 if a <= 0 or b <= 0 else 2 * a * b / (a + b)
+def pooled_validation(records: Mapping[str, Mapping[str, Any]], seed: int = 0) -> dict[str, Any]:
+    """Agreement of the behaviour judge with each validator over all tasks' validation texts
+    (pooled Spearman with a bootstrap CI), and the mean of the per-task Spearman correlations."""
+    vals = [r["validation"] for r in records.values() if "validation" in r]
+    if not vals:
+        return {}
+    out: dict[str, Any] = {}
+    for name in [k for k in vals[0]["scores"] if k != "behavior"]:
+        a = np.concatenate([v["scores"]["behavior"] for v in vals])
+        b = np.concatenate([v["scores"][name] for v in vals])
+        per_task = [v[name]["spearman"] for v in vals if np.isfinite(v[name]["spearman"])]
+        out[name] = {
+            "pooled": judge_agreement(a, b, seed=seed),
+            "mean_task_spearman": float(np.mean(per_task)) if per_task else float("nan"),
+            "tasks": len(vals),
+        }
+    return out
 
 
-@dataclass
-class Selection:
-    """Held-out scale choice and the figures reported for it."""
-
-    best_scale: float
-    score: float
-    ci: tuple[float, float]
-    behavior: float
-    coherence: float
-    harmonic: float
-    in_sample_max: float
-    in_sample_scale: float
-    curve: dict[str, list[float]] = field(default_factory=dict)
-
-
-def select_scale(
-    behavior: dict[float, np.ndarray],
-    coherence: dict[float, np.ndarray],
-    seed: int = 0,
-    bootstrap: int = 1000,
-) -> Selection:
-    """Choose the scale on half A of the samples; report half B with a bootstrap CI.
-
-    ``behavior[s]`` and ``coherence[s]`` hold per-sample scores at scale ``s``; sample ``i`` at
-    every scale shares the index split.
-    """
-    scales = sorted(behavior)
-    n = len(behavior[scales[0]])
-    if n < 2 or any(len(behavior[s]) != n or len(coherence[s]) != n for s in scales):
-        raise ConfigError("need >= 2 samples per scale, the same number at every scale")
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(n)
-    a, b = perm[: n // 2], perm[n // 2 :]
-
-    def score(idx: np.ndarray, s: float) -> float:
-        return float(behavior[s][idx].mean() * coherence[s][idx].mean())
-
-    best = max(scales, key=lambda s: score(a, s))
-    boots = []
-    for _ in range(bootstrap):
-        r = rng.choice(b, size=len(b), replace=True)
-        boots.append(score(r, best))
-    everyone = np.arange(n)
-    full = {s: score(everyone, s) for s in scales}
-    ins = max(scales, key=lambda s: full[s])
-    beh, coh = float(behavior[best][b].mean()), float(coherence[best][b].mean())
-    return Selection(
-        best_scale=float(best), score=score(b, best),
-        ci=(float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))),
-        behavior=beh, coherence=coh, harmonic=harmonic_mean(beh, coh),
-        in_sample_max=full[ins], in_sample_scale=float(ins),
-        curve={
-            "scale": [float(s) for s in scales],
-            "behavior": [float(behavior[s].mean()) for s in scales],
-            "coherence": [float(coherence[s].mean()) for s in scales],
-            "score": [full[s] for s in scales],
-        },
-    )  # fmt: skip
+def _effects(
+    feats: torch.Tensor,
+    index: Mapping[tuple[str, float], int],
+    rec: Mapping[str, Any],
+    target: Target,
+    effect_model: LinearEffectModel | None,
+    vectors: Mapping[str, torch.Tensor],
+    cfg: CompareConfig,
+) -> dict[str, dict[str, Any]]:
+    """Target effect and share of each method on the evaluation half at its chosen norm (its best
+    steered norm where unsteered was chosen), from per-sample differences to the unsteered row on
+    the same noise streams, with a paired bootstrap CI over samples; and the share at every norm."""
+    b_idx = torch.tensor(rec["split"]["evaluation"])
+    base = feats[index[(UNSTEERED, 0.0)]]
+    rng = np.random.default_rng(cfg.seed + 4)
+    reps = torch.as_tensor(rng.integers(0, len(b_idx), (min(cfg.bootstrap, 500), len(b_idx))))
+    out = {}
+    for m in vectors:
+        f = rec[m]["norm_fraction"] or rec[m]["best_steered_fraction"]
+        diff = (feats[index[(m, f)]] - base)[b_idx]  # [n_b, d_sae], paired per sample
+        st = target_stats(diff.mean(0), target)
+        boot = [target_stats(diff[r].mean(0), target) for r in reps]
+        unit = vectors[m].float() / vectors[m].float().norm()
+        pred = None if effect_model is None else predicted_stats(effect_model, unit, target)
+        curve = [
+            target_stats((feats[index[(m, g)]] - base).mean(0), target)["target_share"]
+            for g in cfg.steered_fractions
+        ]
+        out[m] = {
+            "norm_fraction": f,
+            "at_chosen_norm": bool(rec[m]["norm_fraction"]),
+            "rollouts": len(b_idx),
+            **st,
+            "target_share_ci": _ci([b["target_share"] for b in boot]),
+            "target_effect_ci": _ci([b["target_effect"] for b in boot]),
+            "target_share_curve": {"norm_fraction": cfg.steered_fractions, "target_share": curve},
+            "predicted_target_share": None if pred is None else pred["target_share"],
+        }
+    return out
 
 
-def plot_task(name: str, curves: dict[str, dict[str, list[float]]], path: Path) -> None:
-    """Behaviour and coherence against scale for each method."""
-    from matplotlib.figure import Figure  # no pyplot: leaves the user's backend alone
-
-    fig = Figure(figsize=(12, 3.4))
-    axes = fig.subplots(1, 3, sharex=True)
-    for method, c in curves.items():
-        for ax, key in zip(axes, ("behavior", "coherence", "score")):
-            ax.plot(c["norm_fraction"], c[key], marker="o", label=method)
-    for ax, title in zip(axes, ("behaviour", "coherence", "behaviour x coherence")):
-        ax.set(title=title, xlabel="scale / typical residual norm", ylim=(0, 1))
-    axes[0].legend()
-    fig.suptitle(name)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
-ScoreFn = Callable[[list[str], str], np.ndarray]
-JudgeFactory = Callable[["Task", list[str], str], tuple[Any, Any]]
-"""``(task, unsteered_generations, prompt) -> (behaviour_judge, coherence_judge)``."""
-
-
-def offline_judges(embedder: Any = None, model: HookedTransformer | None = None) -> JudgeFactory:
-    """The default judges: embedding behaviour judge and unsteered-likelihood coherence judge."""
-
-    def make(task: Task, unsteered: list[str], prompt: str) -> tuple[Any, Any]:
-        if model is None:
-            raise ConfigError("offline_judges needs the model for the coherence judge")
-        return (
-            EmbeddingBehaviorJudge(task.pos, task.neg, task.score_criterion, embedder),
-            CoherenceJudge(model, unsteered, prompt=prompt),
-        )
-
-    return make
-
-
-def llm_judges(
-    client: Any = None, hf_model: Any = None, hf_tokenizer: Any = None, device: str = "cpu"
-) -> JudgeFactory:
-    """The SAE-TS paper's judging: one LLM scores the task's behaviour and coherence criteria.
-
-    Pass an OpenAI-compatible :class:`~sae_ts.llm_judges.ChatClient` (``client``) or a local
-    Hugging Face model (``hf_model``, path or loaded model with ``hf_tokenizer``, on ``device``).
-    The HF model is loaded once and shared by both judges and all tasks.
-    """
-    shared: dict[str, Any] = {}
-
-    def make(task: Task, unsteered: list[str], prompt: str) -> tuple[Any, Any]:
-        if client is not None:
-            return (
-                APICriterionJudge(task.score_criterion, client),
-                APICriterionJudge(task.coherence_criterion, client),
-            )
-        if hf_model is None:
-            raise ConfigError("llm_judges needs a chat client or a Hugging Face model")
-        m, tok = shared.get("model", hf_model), shared.get("tok", hf_tokenizer)
-        b = HFCriterionJudge(task.score_criterion, m, tokenizer=tok, device=device)
-        shared.update(model=b.model, tok=b.tok)
-        c = HFCriterionJudge(task.coherence_criterion, b.model, tokenizer=b.tok, device=device)
-        return b, c
-
-    return make
+def _ci(x: Sequence[float]) -> list[float]:
+    return [float(np.percentile(x, 2.5)), float(np.percentile(x, 97.5))]
 
 
 def compare_task(
@@ -344,110 +310,137 @@ def compare_task(
     effect_model: LinearEffectModel | None,
     methods: Sequence[str] = METHODS,
     cfg: CompareConfig | None = None,
-    estimator: Any = None,
-    baseline: torch.Tensor | None = None,
     embedder: Any = None,
     out_dir: Path | None = None,
     judges: JudgeFactory | None = None,
+    *,
+    validators: ValidatorFactory | None = None,
+    norm_unit: float | None = None,
+    density: LatentDensity | None = None,
+    features: Mapping[int, float] | Sequence[int] | None = None,
 ) -> dict[str, Any]:
-    """Run every method on one task; return the JSON-ready record (plots into ``out_dir``).
+    """Run every method on one task; return the JSON-ready record (a plot into ``out_dir``).
 
-    ``judges`` builds the behaviour and coherence judges for the task (default:
-    :func:`offline_judges`). Scale 0 (no steering) is generated once and shared by all methods.
+    ``judges`` builds the behaviour and coherence judges from the judge-role texts (default
+    :func:`~sae_ts.experiments.compare_judges.offline_judges`); ``validators`` the independent
+    judges it is checked against (none: no validation). ``norm_unit`` defaults to the per-token
+    residual norm at the hook, ``density`` (for excluding dense latents) to none; ``features``
+    overrides the target latents. The SAE must read ``hook_name``.
     """
-
     cfg = cfg or CompareConfig()
-    vectors, feats = build_vectors(
-        model, sae, task, hook_name, effect_model, methods, cfg.n_features
+    roles = split_roles(task, cfg.seed)
+    if norm_unit is None:
+        norm_unit = typical_residual_norm(model, hook_name)
+    targets = select_targets(
+        model, sae, roles.build.pos, roles.build.neg, hook_name, cfg.n_features, density,
+        cfg.max_density, override=features,
+    )  # fmt: skip
+    vectors, target = build_vectors(
+        model, sae, roles.build, hook_name, effect_model, targets, methods
     )
-    total = sum(s for _, s in feats)
-    target = Target({f: s / total for f, s in feats})
-    norm = typical_norm(model, task.pos + task.neg, hook_name)
-    scales = [f * norm for f in cfg.norm_fractions]
-    zero = torch.zeros(model.cfg.d_model)
-    unsteered = sweep(model, hook_name, zero, [0.0], cfg, seed_offset=999)[0.0]
-    bj, cj = (judges or offline_judges(embedder, model))(
-        task, unsteered[: cfg.samples], cfg.prompts[0]
-    )
-
-    def judge(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        b, c = [], []
-        for pi, prompt in enumerate(cfg.prompts):
-            chunk = texts[pi * cfg.samples : (pi + 1) * cfg.samples]
-            b.append(bj.score(chunk, prompt))
-            c.append(cj.score(chunk, prompt))
-        return np.concatenate(b), np.concatenate(c)
-
-    validator = (
-        bj
-        if isinstance(bj, EmbeddingBehaviorJudge)
-        else EmbeddingBehaviorJudge(task.pos, task.neg, task.score_criterion, embedder)
-    )
-    record: dict[str, Any] = {
-        "features": [[f, s] for f, s in feats],
-        "typical_norm": norm,
-        "judge_auroc_loo": validator.validate()["auroc_loo"],
+    fracs = cfg.steered_fractions
+    conds = [(UNSTEERED, 0.0)] + [(m, f) for m in vectors for f in fracs]
+    d = model.cfg.d_model
+    vecs = torch.stack([torch.zeros(d) if m == UNSTEERED else vectors[m] for m, _ in conds])
+    scales = torch.tensor([f * norm_unit for _, f in conds])
+    run = paired_generations(model, hook_name, vecs, scales, cfg, stream=0, sae=sae)
+    gens, feats = run.texts, run.features
+    reference = paired_generations(model, hook_name, vecs[:1], scales[:1], cfg, stream=1).texts[0]
+    make = judges or offline_judges(embedder, model)
+    n_p = len(cfg.prompts)
+    per_prompt = {
+        pi: make(roles.judge, [t for i, t in enumerate(reference) if i % n_p == pi], p)
+        for pi, p in enumerate(cfg.prompts)
     }
-    shared: dict[float, tuple[list[str], np.ndarray, np.ndarray]] = {}
-    if 0.0 in scales:  # the unsteered point is the same for every method: generate it once
-        g0 = sweep(model, hook_name, zero, [0.0], cfg, seed_offset=998)[0.0]
-        shared[0.0] = (g0, *judge(g0))
-    curves: dict[str, dict[str, list[float]]] = {}
-    for i, (method, v) in enumerate(vectors.items()):
-        rest = [s for s in scales if s not in shared]
-        gens = sweep(model, hook_name, v, rest, cfg, i) if rest else {}
-        beh, coh = {}, {}
-        for s, texts in gens.items():
-            beh[s], coh[s] = judge(texts)
-        for s, (texts, b, c) in shared.items():
-            gens[s], beh[s], coh[s] = texts, b, c
-        sel = select_scale(beh, coh, seed=cfg.seed, bootstrap=cfg.bootstrap)
-        entry: dict[str, Any] = {
-            "score": sel.score, "ci": list(sel.ci), "best_scale": sel.best_scale,
-            "best_norm_fraction": sel.best_scale / norm if norm else 0.0,
-            "behavior": sel.behavior, "coherence": sel.coherence, "harmonic": sel.harmonic,
-            "in_sample_max": sel.in_sample_max, "in_sample_scale": sel.in_sample_scale,
-            "examples": gens[sel.best_scale][:3],
-        }  # fmt: skip
-        if estimator is not None:
-            m = measure_vector(
-                estimator,
-                v,
-                sel.best_scale,
-                target,
-                baseline=baseline,
-                effect_model=effect_model,
-                vector_id=2_000_000 + i,
-            )
-            entry.update(
-                {
-                    "target_effect": m.target_effect,
-                    "off_target_norm": m.off_target_norm,
-                    "target_share": m.target_share,
-                }
-            )
-        record[method] = entry
-        curves[method] = {**sel.curve, "norm_fraction": list(cfg.norm_fractions)}
-    record["curves"] = curves
+    flat = [t for g in gens for t in g]
+    beh_all, coh_all = _score(per_prompt, flat, cfg)
+    n = cfg.samples
+    by = {
+        c: (beh_all[k * n : (k + 1) * n], coh_all[k * n : (k + 1) * n]) for k, c in enumerate(conds)
+    }
+    stats = paired_comparison(
+        {m: {f: by[(m, f)][0] for f in fracs} for m in vectors},
+        {m: {f: by[(m, f)][1] for f in fracs} for m in vectors},
+        by[(UNSTEERED, 0.0)],
+        reference="caa",
+        seed=cfg.seed,
+        bootstrap=cfg.bootstrap,
+    )
+    split_b = stats["split"]["evaluation"]
+    rec: dict[str, Any] = {
+        "task": task.name,
+        "roles": roles.to_dict(),
+        "features": [t.to_dict() for t in targets],
+        "features_source": "override" if features is not None else "selectivity",
+        "norm_unit": norm_unit,
+        "tokens_generated": (len(conds) + 1) * n * cfg.max_new_tokens,
+        "split": stats["split"],
+    }
+    bj0 = per_prompt[0][0]
+    if isinstance(bj0, EmbeddingBehaviorJudge):  # held out: the build half was never seen by it
+        rec["judge"] = {
+            "behavior": "embedding judge on the judge-role texts and criterion",
+            "loo_auroc_judge_texts": bj0.validate()["auroc_loo"],
+            "auroc_build_texts": auroc(bj0.raw(roles.build.pos), bj0.raw(roles.build.neg)),
+        }
+    else:
+        rec["judge"] = {"behavior": type(bj0).__name__}
+    for row in [UNSTEERED, *vectors]:
+        e = {k: v for k, v in stats[row].items()}
+        f = e["norm_fraction"]
+        texts = gens[conds.index((UNSTEERED, 0.0) if f == 0 else (row, f))]
+        e["examples"] = [texts[i] for i in split_b[:3]]
+        rec[row] = e
+    assert feats is not None
+    index = {c: k for k, c in enumerate(conds)}
+    for m, e in _effects(feats, index, rec, target, effect_model, vectors, cfg).items():
+        rec[m]["effect"] = e
+    if validators is not None and cfg.validation_samples >= 4:
+        rec["validation"] = {
+            "method": "Spearman rank correlation (95% bootstrap CI over texts) and pairwise "
+            "concordance between the behaviour judge and each independent judge, on a seeded "
+            "subset of this task's generations: half unsteered, half steered (any method, norm)",
+            **_validate(validators(roles.judge), flat, beh_all, n, cfg),
+        }
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        plot_task(task.name, curves, out_dir / f"{Path(task.path).name or task.name}_sweep.png")
-    return record
+        name = Path(task.path).name or task.name
+        plot_task(task.name, rec, list(vectors), out_dir / f"{name}_sweep.png")
+    return rec
 
 
-def markdown_table(results: dict[str, dict[str, Any]], methods: Sequence[str]) -> str:
-    """Tasks x methods: held-out score [95% CI] (in-sample max)."""
-    head = "| task | " + " | ".join(methods) + " |\n|---|" + "---|" * len(methods)
-    rows = [head]
-    for task, r in results.items():
-        cells = [
-            f"{r[m]['score']:.3f} [{r[m]['ci'][0]:.3f}, {r[m]['ci'][1]:.3f}] ({r[m]['in_sample_max']:.3f})"
-            for m in methods
-        ]
-        rows.append(f"| {task} | " + " | ".join(cells) + " |")
-    means = [float(np.mean([r[m]["score"] for r in results.values()])) for m in methods]
-    rows.append("| **mean** | " + " | ".join(f"**{x:.3f}**" for x in means) + " |")
-    return "\n".join(rows)
+def load_effect_model(path: str | Path | None = None) -> tuple[LinearEffectModel, str]:
+    """The shipped effect model (``None`` or ``"default"``) or a saved one; and where it came from."""
+    if path is None or str(path) == "default":
+        try:
+            return load_default_effect_model(), str(DEFAULT_EFFECT_MODEL)
+        except FileNotFoundError as e:
+            raise MissingFileError(str(e)) from e
+    em = LinearEffectModel.load(path)
+    return LinearEffectModel(em.W.float(), em.b.float(), em.record), str(path)
+
+
+def parse_feature_overrides(specs: Sequence[str]) -> dict[str, dict[int, float]]:
+    """``["wedding=4230,17:0.5", ...]`` -> ``{"wedding": {4230: 1.0, 17: 0.5}}``.
+
+    A spec without ``TASK=`` applies to every task (key ``"*"``). Weights default to 1 and are
+    L2-normalised later.
+    """
+    out: dict[str, dict[int, float]] = {}
+    for spec in specs:
+        name, _, ids = spec.rpartition("=")
+        feats: dict[int, float] = {}
+        try:
+            for part in ids.split(","):
+                if part.strip():
+                    f, _, w = part.partition(":")
+                    feats[int(f)] = float(w) if w else 1.0
+        except ValueError as e:
+            raise ConfigError(f"bad --features {spec!r}: use TASK=ID[:WEIGHT],ID...") from e
+        if not feats:
+            raise ConfigError(f"--features {spec!r} names no latent")
+        out[name.strip() or "*"] = feats
+    return out
 
 
 def run_comparison(
@@ -461,154 +454,78 @@ def run_comparison(
     device: str = "cpu",
     judges: JudgeFactory | None = None,
     log: Callable[[str], None] | None = None,
-    executor: Executor | None = None,
+    features: Mapping[str, Mapping[int, float]] | None = None,
+    validate: bool = True,
 ) -> dict[str, Any]:
-    """``sae-ts compare``: every task x method on the embedded model; JSON, table, plots.
+    """``sae-ts compare``: every task x method on the embedded model; JSON, tables, plots.
 
-    Returns the record written to ``json_path``, with the markdown table under ``"table"``;
-    ``log`` receives one line per task.
-
-    ``effect_model_path``: a saved :class:`LinearEffectModel`, ``"default"`` (the one shipped
-    for the embedded SAE, falling back to estimating one if it is missing) or ``"estimate"``
-    (a small one estimated now with the demo's budget, cached in ``out_dir``).
-
-    ``executor``: where the tasks run (default: here, one after the other); with a
-    :class:`~sae_ts.executors.RayExecutor` (workers loading ``load_default(device=device)``) the
-    tasks run in parallel, each on one worker, and this process writes the plots and the JSON.
-    Every task is seeded on its own, so the records do not depend on the number of workers.
+    ``effect_model_path``: a saved :class:`~sae_ts.effect_model.LinearEffectModel`, or ``None`` /
+    ``"default"`` for the one shipped for the embedded SAE. ``features``: per task (directory
+    name, or ``"*"`` for all) a manual target ``{latent: weight}``. ``validate``: check the
+    behaviour judge against independent judges (with the offline judges: the embedded instruct
+    model as an LLM judge, and the criterion-sentence embedding). Returns the record written to
+    ``json_path``, with the markdown tables under ``"table"`` and ``"differences"``.
     """
     t0 = time.time()
+    say = log or _quiet
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg = CompareConfig.budget(budget, seed=seed)
     model, sae, hook = load_default(device=device)
-    needs_model = any(m in ("sae_ts", "targeted") for m in methods)
-    em = None
-    if needs_model:
-        choice = str(effect_model_path or "default")
-        if choice not in ("default", "estimate"):
-            em = LinearEffectModel.load(choice)
-        else:
-            if choice == "default":
-                try:
-                    em = load_default_effect_model()
-                    effect_model_path = DEFAULT_EFFECT_MODEL
-                except FileNotFoundError:
-                    choice = "estimate"
-            if choice == "estimate":
-                em = _fit_default_effect_model(
-                    model, sae, hook, out / "effect_model_work", seed, log
-                )
-                effect_model_path = None
-    est = EffectEstimator(model, sae, config=EffectConfig(rollouts=1), seed=seed)
-    baseline = est.baseline(progress=False)
+    em, em_src = None, None
+    if any(m in ("sae_ts", "targeted") for m in methods):
+        em, em_src = load_effect_model(effect_model_path)
+        if em.d_model != model.cfg.d_model or em.d_sae != int(sae.cfg.d_sae):
+            raise ConfigError(f"effect model {em_src} does not fit the model and SAE")
+    norm_unit = typical_residual_norm(model, hook)
+    density = latent_density(model, sae, hook)
     embedder = load_embedder(device)
-    tasks = [load_task(d) for d in task_dirs]
-    runner = _TaskRunner(em, tuple(methods), cfg, seed, baseline, device, judges,
-                         model.cfg.model_name, sae_fingerprint(sae))  # fmt: skip
-    local = _TaskContext(runner, model, sae, hook, est, embedder)
-    done: dict[int, dict[str, Any]] = {}
-    for i, rec in (executor or LocalExecutor()).imap(_run_task, tasks, local=local, remote=runner):
-        done[i], task = rec, tasks[i]
-        plot_task(task.name, rec["curves"], out / f"{Path(task.path).name or task.name}_sweep.png")
-        (log or _quiet)(
-            f"{Path(task.path).name}: " + ", ".join(f"{m} {rec[m]['score']:.3f}" for m in methods)
+    validators = None
+    if validate and cfg.validation_samples >= 4:
+        hf, tok = load_hf_model(device=device)
+        validators = offline_validators(
+            embedder, hf, tok, device, embedding_judge=judges is not None
         )
-    results = {Path(d).name: done[i] for i, d in enumerate(task_dirs)}
-    table = markdown_table(results, methods)
-    (out / "table.md").write_text(table + "\n")
-    doc = {
-        "config": {**cfg.to_dict(), "budget": budget, "methods": list(methods), "tasks": [str(d) for d in task_dirs],
-                   "model": model.cfg.model_name, "hook": hook, "effect_model": str(effect_model_path) if effect_model_path else "estimated",
+    results: dict[str, dict[str, Any]] = {}
+    for d in task_dirs:
+        task, key = load_task(d), Path(d).name
+        override = (features or {}).get(key, (features or {}).get("*"))
+        results[key] = compare_task(
+            model, sae, hook, task, em, methods, cfg, embedder, out, judges,
+            validators=validators, norm_unit=norm_unit, density=density, features=override,
+        )  # fmt: skip
+        say(
+            f"{key}: "
+            + ", ".join(f"{m} {results[key][m]['score']:.3f}" for m in [UNSTEERED, *methods])
+        )
+    rows = [UNSTEERED, *methods]
+    mean = aggregate(results, rows, seed=seed, bootstrap=cfg.bootstrap)
+    table = score_table({**results, "mean": mean}, rows)
+    diffs = difference_table({**results, "mean": mean}, list(methods))
+    (out / "table.md").write_text(table + "\n\n" + diffs + "\n")
+    if "caa" in methods:
+        plot_differences(mean, list(methods), out / "differences.png")
+    recurring: dict[int, list[str]] = {}
+    for key, r in results.items():
+        for f in r["features"]:
+            recurring.setdefault(f["latent"], []).append(key)
+    doc: dict[str, Any] = {
+        "config": {**cfg.to_dict(), "budget": budget, "methods": list(methods),
+                   "tasks": [str(d) for d in task_dirs], "model": model.cfg.model_name,
+                   "hook": hook, "norm_unit": norm_unit, "effect_model": em_src,
+                   "effect_model_fit": None if em is None else em.record.get("fit"),
+                   "judge": "offline" if judges is None else "llm",
+                   "tokens_generated": sum(r["tokens_generated"] for r in results.values()),
                    "seconds": time.time() - t0},
-        **results,
+        "mean": mean,
+        "validation": pooled_validation(results, seed),
+        "recurring_latents": {str(k): v for k, v in recurring.items() if len(v) > 1},
+        "tasks": results,
     }  # fmt: skip
     if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(doc, indent=2))
-    return {**doc, "table": table}
-
-
-def _fit_default_effect_model(
-    model: HookedTransformer,
-    sae: SAELike,
-    hook: str,
-    work: Path,
-    seed: int,
-    log: Callable[[str], None] | None = None,
-) -> LinearEffectModel:
-    """A small effect model with the demo's budget, cached in ``work`` (resumable)."""
-    path = work / "effect_model"
-    if path.with_suffix(".safetensors").exists():
-        return LinearEffectModel.load(path)
-    em, rep, _, _ = estimate_and_fit(model, sae, hook, work, DemoBudget(), seed)
-    (log or _quiet)(f"effect model: {rep}")
-    em.save(path)
-    return em
-
-
-def judges_from_args(
-    judge: str,
-    judge_model: str | None,
-    base_url: str | None,
-    cache: str | Path,
-    device: str = "cpu",
-) -> JudgeFactory | None:
-    """The judge factory for ``--judge offline|api|hf`` (``None`` means the offline default)."""
-    if judge == "offline":
-        return None
-    if judge == "api":
-        client = ChatClient(
-            model=judge_model or "gpt-4o-mini",
-            base_url=base_url or "https://api.openai.com/v1",
-            cache_dir=cache,
-        )
-        return llm_judges(client=client)
-    if judge == "hf":
-        if not judge_model:
-            raise ConfigError("--judge hf needs --judge-model PATH_OR_HUB_ID (an instruct model)")
-        return llm_judges(hf_model=judge_model, device=device)
-    raise ConfigError(f"unknown judge {judge!r}; use offline, api or hf")  # fmt: skip
-
-
-@dataclass(frozen=True)
-class _TaskRunner:
-    """What a worker needs, besides its own model and SAE, to run a task as the driver would."""
-
-    effect_model: LinearEffectModel | None
-    methods: tuple[str, ...]
-    cfg: CompareConfig
-    seed: int
-    baseline: torch.Tensor
-    device: str
-    judges: JudgeFactory | None
-    model_name: str
-    sae_fingerprint: str
-
-    def __call__(self, loaded: Loaded) -> _TaskContext:
-        model, sae, hook = loaded.model, loaded.sae, loaded.hook_name
-        if (model.cfg.model_name, sae_fingerprint(sae)) != (self.model_name, self.sae_fingerprint):
-            raise ConfigError("a worker loaded another model or SAE than the driver")
-        est = EffectEstimator(model, sae, config=EffectConfig(rollouts=1), seed=self.seed)
-        return _TaskContext(self, model, sae, hook, est, load_embedder(self.device))
-
-
-@dataclass
-class _TaskContext:
-    runner: _TaskRunner
-    model: HookedTransformer
-    sae: SAELike
-    hook: str
-    estimator: EffectEstimator
-    embedder: Any
-
-
-def _run_task(ctx: _TaskContext, task: Task) -> dict[str, Any]:
-    """One task's record (:func:`compare_task`; plots are left to the driver)."""
-    r = ctx.runner
-    return compare_task(
-        ctx.model, ctx.sae, ctx.hook, task, r.effect_model, r.methods, r.cfg, ctx.estimator,
-        r.baseline, ctx.embedder, None, r.judges,
-    )  # fmt: skip
+    return {**doc, "table": table, "differences": diffs}
 
 
 def _quiet(msg: str) -> None:

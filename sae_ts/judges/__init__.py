@@ -4,6 +4,8 @@
   PyPI wheel) and a likelihood/diversity coherence judge. No network.
 * :mod:`sae_ts.judges.llm`: the SAE-TS paper's LLM judge over an OpenAI-compatible API, AxBench's
   three-rating judge, and a local Hugging Face instruct model as judge.
+* :mod:`sae_ts.judges.validation`: a judge from the criterion sentence alone, and the agreement
+  between two judges on generated text (for checking a judge without human labels).
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from .llm import (
     saets_messages,
 )
 from .offline import CoherenceJudge, EmbeddingBehaviorJudge, auroc, distinct_n, load_embedder
+from .validation import CriterionSimilarityJudge, judge_agreement
 
 __all__ = [
     "APICriterionJudge",
     "AxBenchJudge",
     "ChatClient",
     "CoherenceJudge",
+    "CriterionSimilarityJudge",
     "EmbeddingBehaviorJudge",
     "HFCriterionJudge",
     "Judge",
@@ -33,6 +37,7 @@ __all__ = [
     "auroc",
     "distinct_n",
     "harmonic_mean",
+    "judge_agreement",
     "load_embedder",
     "parse_rating",
     "saets_messages",

@@ -44,7 +44,9 @@ __all__ = [
 ]
 
 
-def auroc(pos_scores: Sequence[float], neg_scores: Sequence[float]) -> float:
+def auroc(
+    pos_scores: Sequence[float] | np.ndarray, neg_scores: Sequence[float] | np.ndarray
+) -> float:
     """Area under the ROC curve (probability a positive outscores a negative; ties count half)."""
     from scipy.stats import mannwhitneyu
 

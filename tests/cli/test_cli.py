@@ -196,31 +196,37 @@ def test_core_pipeline_end_to_end_on_the_real_model(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_compare_quick_budget_end_to_end(tmp_path, capsys):
-    """`sae-ts compare --budget quick` on one of the paper's tasks, as a user runs it."""
+def test_compare_on_a_new_task_directory_end_to_end(tmp_path, capsys):
+    """`sae-ts compare --task DIR` on a task in the SAE-TS format, as a user runs it (smoke budget;
+    the other settings are the defaults: shipped effect model, offline judges, validation)."""
     import json
 
-    from tests.conftest import SHARED
+    from tests.conftest import REPO
 
-    task = SHARED / "concepts" / "saets" / "wedding"
-    if not task.exists():
-        pytest.skip("shared datasets not present")
+    task = REPO / "tests" / "fixtures" / "saets_space"
     out = tmp_path / "cmp"
-    rc = main(["compare", "--task", str(task), "--budget", "quick", "--seed", "0",
+    rc = main(["compare", "--task", str(task), "--budget", "smoke",
                "--json", str(out / "r.json"), "--out-dir", str(out)])  # fmt: skip
     assert rc == 0
     doc = json.loads((out / "r.json").read_text())
-    r = doc["wedding"]
-    assert len(r["features"]) == 3 and r["judge_auroc_loo"] >= 0.9
-    for m in ("caa", "sae", "sae_ts", "targeted"):
+    r = doc["tasks"]["saets_space"]
+    assert len(r["features"]) == 3 and r["features_source"] == "selectivity"
+    assert all(f["density"] <= 0.1 and f["contexts"] for f in r["features"])
+    build = set(r["roles"]["build"]["pos"] + r["roles"]["build"]["neg"])
+    assert not build & set(r["roles"]["judge"]["pos"] + r["roles"]["judge"]["neg"])
+    for m in ("unsteered", "caa", "sae", "sae_ts", "targeted"):
         e = r[m]
-        assert 0 <= e["score"] <= 1 and e["ci"][0] <= e["ci"][1]
-        assert e["best_scale"] in r["curves"][m]["scale"] and 0 <= e["target_share"] <= 1
-        assert "in_sample_max" in e and len(e["examples"]) == 3
-    # every method saw the same unsteered point
-    zero = {r["curves"][m]["behavior"][0] for m in ("caa", "sae", "sae_ts", "targeted")}
-    assert len(zero) == 1
-    assert doc["config"]["budget"] == "quick" and doc["config"]["seed"] == 0
-    assert "effect_model" in doc["config"] and (out / "wedding_sweep.png").exists()
-    assert (out / "table.md").read_text().count("|") > 10
-    assert "wedding" in capsys.readouterr().out
+        assert 0 <= e["score"] <= 1 and e["ci"][0] <= e["score"] <= e["ci"][1]
+        assert m == "unsteered" or "vs_unsteered" in e
+    for m in ("caa", "sae", "sae_ts", "targeted"):
+        assert 0 <= r[m]["effect"]["target_share"] <= 1 and r[m]["effect"]["norm_fraction"] > 0
+    assert {"lm_criterion", "criterion_embedding"} <= set(r["validation"])
+    assert doc["validation"]["lm_criterion"]["pooled"]["n"] == 4
+    assert doc["config"]["norm_unit"] == pytest.approx(143.75, abs=0.01)
+    assert doc["config"]["effect_model"].endswith("smollm2-135m-res12-effects")
+    assert set(doc["mean"]) == {"unsteered", "caa", "sae", "sae_ts", "targeted"}
+    assert (out / "saets_space_sweep.png").exists() and (out / "differences.png").exists()
+    table = (out / "table.md").read_text()
+    assert "unsteered" in table and "sae_ts − caa" in table
+    printed = capsys.readouterr().out
+    assert "saets_space" in printed and "targeted − unsteered" in printed

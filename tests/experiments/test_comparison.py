@@ -6,20 +6,25 @@ import numpy as np
 import pytest
 import torch
 
+import sae_ts.experiments.compare_judges as compare_judges
+import sae_ts.experiments.comparison as comparison
 from sae_ts.effect_model import LinearEffectModel
+from sae_ts.experiments.compare_stats import aggregate, paired_comparison, split_halves
 from sae_ts.experiments.comparison import (
     CompareConfig,
     compare_task,
-    harmonic_mean,
     load_task,
-    markdown_table,
-    select_scale,
-    sweep,
+    paired_generations,
+    parse_feature_overrides,
+    split_roles,
 )
+from sae_ts.judges.offline import load_embedder
 from sae_ts.testing import tiny_sae
+from tests.conftest import REPO
 from tests.judges.test_offline import CRITERION, NEG, POS
 
 HOOK = "blocks.1.hook_resid_post"
+SPACE = REPO / "tests" / "fixtures" / "saets_space"
 
 
 def write_task(tmp_path, pos=POS, neg=NEG):
@@ -32,9 +37,15 @@ def write_task(tmp_path, pos=POS, neg=NEG):
     return d
 
 
+@pytest.fixture(scope="module")
+def embedder():
+    return load_embedder()
+
+
 def test_load_task_and_errors(tmp_path):
     t = load_task(write_task(tmp_path))
     assert t.name == "Beach" and len(t.pos) == 6 and t.score_criterion == CRITERION
+    assert load_task(SPACE).name == "space"
     with pytest.raises(FileNotFoundError, match=r"criteria\.json"):
         (tmp_path / "beach" / "criteria.json").unlink()
         load_task(tmp_path / "beach")
@@ -46,51 +57,190 @@ def test_load_task_and_errors(tmp_path):
         load_task(bad)
 
 
-def test_select_scale_is_held_out_and_has_a_ci():
-    rng = np.random.default_rng(0)
-    n = 40
+def test_split_roles_is_disjoint_complete_and_seeded():
+    task = load_task(SPACE)
+    r = split_roles(task, seed=0)
+    for side in ("pos", "neg"):
+        build, judge = getattr(r.build, side), getattr(r.judge, side)
+        assert not set(build) & set(judge)
+        assert sorted(build + judge) == sorted(getattr(task, side))
+        assert len(build) == len(judge) == 4
+    assert split_roles(task, seed=0) == r and split_roles(task, seed=1) != r
+    # a repeated text stays in one half; a text on both sides, or too few texts, is refused
+    dup = comparison.Task("d", ["a", "b", "a ", "c"], ["x", "y"], "c", "c")
+    rd = split_roles(dup)
+    assert not set(rd.build.pos) & set(rd.judge.pos) and len(rd.build.pos + rd.judge.pos) == 3
+    with pytest.raises(ValueError, match="positive and negative"):
+        split_roles(comparison.Task("d", ["a", "b"], ["a", "y"], "c", "c"))
+    with pytest.raises(ValueError, match=">= 2"):
+        split_roles(comparison.Task("d", ["a"], ["x", "y"], "c", "c"))
+
+
+def test_paired_generations_share_noise_per_sample_index(tiny):
+    cfg = CompareConfig(samples=4, max_new_tokens=5, prompts=("I think", "The"), batch_rows=64)
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(2, tiny.cfg.d_model, generator=g)
+    vecs = torch.stack([torch.zeros(tiny.cfg.d_model), v[0], v[1], torch.zeros(tiny.cfg.d_model)])
+    scales = torch.tensor([0.0, 30.0, 30.0, 0.0])
+    a = paired_generations(tiny, HOOK, vecs, scales, cfg).texts
+    assert a[0] == a[3]  # two unsteered conditions: same prompt and noise at every index
+    assert a[1] != a[0] and a[1] != a[2]
+    assert all(t.startswith("I think") for t in a[0][0::2]) and a[0][1].startswith("The")
+    # batching does not change what a sample is
+    small = CompareConfig(samples=4, max_new_tokens=5, prompts=("I think", "The"), batch_rows=3)
+    assert paired_generations(tiny, HOOK, vecs, scales, small).texts == a
+    # another stream gives other samples
+    assert paired_generations(tiny, HOOK, vecs[:1], scales[:1], cfg, stream=1).texts[0] != a[0]
+
+
+def test_paired_generations_record_features_read_before_steering(tiny):
+    """The feature means equal an unsteered re-run of the generated tokens (causality)."""
+    from sae_ts.sae import sink_positions
+
+    sae = tiny_sae(tiny.cfg.d_model, HOOK, d_sae=32)
+    cfg = CompareConfig(samples=3, max_new_tokens=4)
+    v = torch.randn(1, tiny.cfg.d_model, generator=torch.Generator().manual_seed(1))
+    run = paired_generations(tiny, HOOK, torch.cat([torch.zeros_like(v), v]),
+                             torch.tensor([0.0, 40.0]), cfg, sae=sae)  # fmt: skip
+    assert run.features is not None and run.features.shape == (2, 3, 32)
+    for c in range(2):
+        for i in range(3):
+            toks = run.tokens[c][i][None]  # the generated tokens, re-run unsteered
+            _, cache = tiny.run_with_cache(toks, names_filter=HOOK)
+            acts = cache[HOOK]
+            keep = ~sink_positions(sae, acts)[0]  # position 0, and sinks (none here)
+            want = sae.encode(acts[0][keep]).mean(0)
+            torch.testing.assert_close(run.features[c, i], want, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="trained on hook"):
+        paired_generations(tiny, "blocks.0.hook_resid_post", v, torch.ones(1), cfg, sae=sae)
+
+
+def _synthetic(n=64, seed=0):
+    """Per-sample noise shared by every method (paired), small true differences."""
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(0, 1, n)  # e.g. how on-topic sample i's noise stream happens to be
+    coh = np.full(n, 0.8)
     beh = {
-        0.0: np.full(n, 0.1),
-        1.0: np.clip(0.6 + 0.1 * rng.standard_normal(n), 0, 1),
-        2.0: np.full(n, 0.9),
+        "caa": {0.5: np.clip(base + 0.10, 0, 1), 1.0: np.clip(base + 0.2, 0, 1)},
+        "sae": {0.5: np.clip(base + 0.05, 0, 1), 1.0: np.clip(base + 0.08, 0, 1)},
     }
-    coh = {0.0: np.full(n, 0.9), 1.0: np.full(n, 0.8), 2.0: np.full(n, 0.2)}
-    sel = select_scale(beh, coh, seed=0, bootstrap=300)
-    assert sel.best_scale == 1.0
-    assert sel.ci[0] <= sel.score <= sel.ci[1] and sel.ci[1] - sel.ci[0] > 0
-    assert sel.in_sample_scale == 1.0 and sel.in_sample_max >= 0.4
-    assert sel.harmonic == pytest.approx(harmonic_mean(sel.behavior, sel.coherence))
-    assert harmonic_mean(0.0, 1.0) == 0.0 and harmonic_mean(0.5, 0.5) == pytest.approx(0.5)
+    cohs = {"caa": {0.5: coh, 1.0: coh * 0.2}, "sae": {0.5: coh, 1.0: coh}}
+    return beh, cohs, (base, coh)
+
+
+def test_paired_comparison_chooses_on_one_half_and_pairs_the_cis():
+    beh, coh, un = _synthetic()
+    res = paired_comparison(beh, coh, un, seed=0, bootstrap=500)
+    a, b = res["split"]["selection"], res["split"]["evaluation"]
+    assert not set(a) & set(b) and len(a) + len(b) == 64
+    assert res["caa"]["norm_fraction"] == 0.5 and res["sae"]["norm_fraction"] == 1.0
+    for row in ("caa", "sae", "unsteered"):
+        r = res[row]
+        assert r["ci"][0] <= r["score"] <= r["ci"][1]
+        assert len(r["heldout"]["behavior"]) == len(b)
+    expect = np.mean(np.clip(un[0] + 0.1, 0, 1)[b]) * 0.8
+    assert res["caa"]["score"] == pytest.approx(expect)
+    # the shared per-sample noise cancels in paired differences: their CIs are far narrower
+    d = res["sae"]["vs_caa"]
+    width_single = res["sae"]["ci"][1] - res["sae"]["ci"][0]
+    assert d["ci"][1] - d["ci"][0] < width_single / 4
+    assert d["ci"][1] < 0 < res["caa"]["vs_unsteered"]["ci"][0]
+    assert res["unsteered"]["vs_caa"]["diff"] == pytest.approx(-res["caa"]["vs_unsteered"]["diff"])
+    # an unsteered row that scores best is chosen (norm 0 is a candidate)
+    worse = {"caa": {0.5: np.zeros(64)}}
+    r0 = paired_comparison(worse, {"caa": {0.5: np.ones(64)}}, un, seed=0, bootstrap=50)
+    assert r0["caa"]["norm_fraction"] == 0.0 and r0["caa"]["best_steered_fraction"] == 0.5
     with pytest.raises(ValueError):
-        select_scale({0.0: np.ones(1)}, {0.0: np.ones(1)})
+        paired_comparison({"caa": {0.5: np.ones(3)}}, {"caa": {0.5: np.ones(3)}}, un)
+    with pytest.raises(ValueError):
+        split_halves(1, 0)
 
 
-def test_sweep_is_seeded_and_scale_zero_is_unsteered(tiny):
-    cfg = CompareConfig(samples=3, max_new_tokens=5, norm_fractions=(0.0, 1.0))
-    v = torch.randn(tiny.cfg.d_model, generator=torch.Generator().manual_seed(0))
-    a = sweep(tiny, HOOK, v, [0.0, 50.0], cfg)
-    b = sweep(tiny, HOOK, v, [0.0, 50.0], cfg)
-    assert a == b and len(a[0.0]) == 3
-    other = sweep(tiny, HOOK, -v, [0.0, 50.0], cfg)
-    assert other[0.0] == a[0.0] and other[50.0] != a[50.0]
+def test_aggregate_means_tasks_with_paired_cis():
+    recs = {}
+    for k in range(3):
+        beh, coh, un = _synthetic(seed=k)
+        recs[f"t{k}"] = paired_comparison(beh, coh, un, seed=k, bootstrap=50)
+    agg = aggregate(recs, ["unsteered", "caa", "sae"], bootstrap=500)
+    assert agg["caa"]["score"] == pytest.approx(np.mean([r["caa"]["score"] for r in recs.values()]))
+    assert agg["sae"]["vs_caa"]["ci"][1] < 0
+    assert agg["caa"]["ci"][0] <= agg["caa"]["score"] <= agg["caa"]["ci"][1]
 
 
-def test_compare_task_end_to_end_on_a_tiny_model(tiny, tmp_path):
+def test_parse_feature_overrides():
+    assert parse_feature_overrides(["wedding=4230,17:0.5", "12"]) == {
+        "wedding": {4230: 1.0, 17: 0.5},
+        "*": {12: 1.0},
+    }
+    with pytest.raises(ValueError, match="TASK=ID"):
+        parse_feature_overrides(["wedding=x"])
+    with pytest.raises(ValueError, match="no latent"):
+        parse_feature_overrides(["wedding="])
+
+
+def _spy(monkeypatch, module, name, log, key):
+    real = getattr(module, name)
+
+    def wrapped(*a, **kw):
+        log[key] = a
+        return real(*a, **kw)
+
+    monkeypatch.setattr(module, name, wrapped)
+
+
+def test_no_text_builds_and_judges(tiny, tmp_path, monkeypatch, embedder):
+    """CAA and the target latents see only build-role texts; the behaviour judge only judge-role
+    texts; the two sets are disjoint and together the task's texts."""
+    sae = tiny_sae(tiny.cfg.d_model, HOOK, d_sae=32)
+    task = load_task(SPACE)
+    seen: dict[str, tuple] = {}
+    _spy(monkeypatch, comparison, "caa_vector", seen, "caa")
+    _spy(monkeypatch, comparison, "select_targets", seen, "targets")
+    _spy(monkeypatch, compare_judges, "EmbeddingBehaviorJudge", seen, "judge")
+    cfg = CompareConfig.budget("smoke")
+    rec = compare_task(tiny, sae, HOOK, task, None, ["caa", "sae"], cfg, embedder=embedder,
+                       norm_unit=10.0)  # fmt: skip
+    assert rec["judge"]["auroc_build_texts"] >= 0  # the judge scores build texts only to be checked
+    built = set(seen["caa"][1]) | set(seen["caa"][2]) | set(seen["targets"][2])
+    built |= set(seen["targets"][3])
+    judged = set(seen["judge"][0]) | set(seen["judge"][1])
+    assert built and judged and not built & judged
+    assert built | judged == set(task.pos) | set(task.neg)
+    roles = rec["roles"]
+    assert set(roles["build"]["pos"] + roles["build"]["neg"]) == built
+    assert set(roles["judge"]["pos"] + roles["judge"]["neg"]) == judged
+
+
+def test_compare_task_end_to_end_on_a_tiny_model(tiny, tmp_path, embedder):
     sae = tiny_sae(tiny.cfg.d_model, HOOK, d_sae=32)
     g = torch.Generator().manual_seed(0)
     em = LinearEffectModel(torch.randn(tiny.cfg.d_model, 32, generator=g), torch.zeros(32))
-    task = load_task(write_task(tmp_path))
-    cfg = CompareConfig(samples=4, max_new_tokens=6, norm_fractions=(0.0, 1.0, 2.0), bootstrap=50)
-    rec = compare_task(tiny, sae, HOOK, task, em, cfg=cfg, out_dir=tmp_path / "out")
+    task = load_task(SPACE)
+    cfg = CompareConfig.budget("smoke", samples=6, validation_samples=8)
+    val = compare_judges.offline_validators(embedder)
+    rec = compare_task(tiny, sae, HOOK, task, em, cfg=cfg, embedder=embedder,
+                       out_dir=tmp_path / "out", validators=val, norm_unit=10.0,
+                       features={3: 2.0, 5: 1.0})  # fmt: skip
+    assert [f["latent"] for f in rec["features"]] == [3, 5]
+    assert sum(f["weight"] ** 2 for f in rec["features"]) == pytest.approx(1.0)
+    assert rec["features_source"] == "override" and "contexts" in rec["features"][0]
+    un = rec["unsteered"]
+    assert un["norm_fraction"] == 0.0 and un["ci"][0] <= un["score"] <= un["ci"][1]
     for m in ("caa", "sae", "sae_ts", "targeted"):
         r = rec[m]
-        assert (
-            0 <= r["score"] <= 1
-            and r["ci"][0] <= r["ci"][1]
-            and r["best_scale"] in rec["curves"][m]["scale"]
-        )
-        assert len(r["examples"]) == 3
-    assert len(rec["features"]) >= 1 and rec["judge_auroc_loo"] > 0.8
-    assert (tmp_path / "out" / "beach_sweep.png").exists()
-    table = markdown_table({"beach": rec}, ["caa", "sae"])
-    assert table.count("\n") == 3 and "**mean**" in table
+        assert 0 <= r["score"] <= 1 and r["ci"][0] <= r["score"] <= r["ci"][1]
+        assert r["norm_fraction"] in r["curve"]["norm_fraction"]
+        # norm 0 of every curve is the one shared unsteered row
+        assert r["curve"]["norm_fraction"][0] == 0.0
+        assert r["curve"]["behavior"][0] == rec["caa"]["curve"]["behavior"][0]
+        assert "vs_unsteered" in r and (m == "caa" or "vs_caa" in r)
+        eff = r["effect"]
+        assert eff["rollouts"] == 3 and eff["norm_fraction"] > 0  # the evaluation half
+        assert eff["target_share_ci"][0] <= eff["target_share"] <= eff["target_share_ci"][1]
+        assert 0 <= eff["target_share"] <= 1 and len(r["examples"]) == 3
+        assert len(eff["target_share_curve"]["target_share"]) == 2
+    v = rec["validation"]["criterion_embedding"]
+    assert v["n"] == 8 and -1 <= v["spearman"] <= 1 and "method" in rec["validation"]
+    assert rec["judge"]["auroc_build_texts"] >= 0
+    assert rec["tokens_generated"] == (1 + 4 * 2 + 1) * 6 * 6
+    assert (tmp_path / "out" / "saets_space_sweep.png").exists()

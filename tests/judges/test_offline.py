@@ -84,3 +84,25 @@ def test_coherence_penalises_repetition_and_gibberish(real_model):
         one = cj.parts([t], "I think", batch_size=1)[0][0]
         np.testing.assert_allclose(nll_b[i], one, rtol=1e-4)
     assert np.isinf(nll_b[3])  # the prompt alone: nothing generated to score
+
+
+def test_judge_agreement_and_criterion_judge():
+    from scipy.stats import spearmanr
+
+    from sae_ts.judges import CriterionSimilarityJudge, judge_agreement
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=200)
+    b = a + rng.normal(scale=0.5, size=200)
+    r = judge_agreement(a, b, seed=0, bootstrap=300)
+    assert r["spearman"] == pytest.approx(spearmanr(a, b).statistic)
+    assert r["ci"][0] < r["spearman"] < r["ci"][1] and r["ci"][0] > 0.6
+    assert 0.5 < r["concordance"] < 1 and r["n"] == 200
+    unrelated = judge_agreement(a, rng.normal(size=200), seed=0, bootstrap=300)
+    assert unrelated["ci"][0] < 0 < unrelated["ci"][1]
+    assert np.isnan(judge_agreement([1, 1, 1], [1, 2, 3])["spearman"])
+    with pytest.raises(ValueError):
+        judge_agreement([1, 2], [1, 2])
+    judge = CriterionSimilarityJudge(CRITERION)
+    s = judge.score(["We swam in the sea near the beach.", "The spreadsheet has three tabs."])
+    assert s[0] > s[1] and ((0 <= s) & (s <= 1)).all()
