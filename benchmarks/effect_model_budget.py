@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -141,6 +142,11 @@ def main() -> None:
             heldout_r2=ev["all"]["r2"],
             heldout_ceiling=ev["all"]["ceiling"],
             heldout_cosine_minus_b=ev["all"]["cosine_minus_b"],
+            heldout_vectors=len(ta),
+            heldout_rollouts=2 * r,
+            hook=train.record.get("sae_hook"),
+            sae_fingerprint=train.record.get("sae_fingerprint"),
+            command="python benchmarks/effect_model_budget.py " + " ".join(sys.argv[1:]),
         )
         em.W, em.b = em.W.half(), em.b.half()
         em.save(args.save_model)
