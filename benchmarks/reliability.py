@@ -1,7 +1,11 @@
 """The Tan et al. reliability analysis over a set of the shared MWE datasets (CAA, or a saved vector).
 
-python benchmarks/reliability.py --max-items 80 --seed 0       # CAA and SAE-TS side by side
+python benchmarks/reliability.py --max-items 80 --seed 0  # CAA, SAE-TS and a random direction
 python benchmarks/reliability.py --vectors runs/demo/vector_targeted --out-dir runs/rel_saved
+python benchmarks/reliability.py --datasets persona/narcissism --max-items 40 --no-ood  # quick
+
+Steering at Tan et al.'s positions (--positions), on a strength axis in units of the per-token
+residual norm (the chosen strength keeps the answer format sane) and on Tan's multipliers.
 """
 
 from __future__ import annotations
@@ -38,12 +42,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument(
         "--vectors",
-        default="caa,sae_ts",
-        help="comma-separated: caa, sae_ts (per-dataset SAE target + shipped effect model), or "
-        "saved SteeringVector paths",
+        default="caa,sae_ts,random",
+        help="comma-separated: caa, sae_ts (per-dataset SAE target + shipped effect model), "
+        "random (a seeded Gaussian direction: the control), or saved SteeringVector paths",
     )
     ap.add_argument("--hook", default="blocks.12.hook_resid_post")
     ap.add_argument("--max-items", type=int, default=80)
+    ap.add_argument("--train", type=float, default=0.5, help="train fraction (test: the rest)")
+    ap.add_argument("--positions", default="tan", choices=("tan", "assistant", "answer"))
+    ap.add_argument("--max-ppl-ratio", type=float, default=2.0)
+    ap.add_argument("--no-ood", action="store_true", help="skip the persona-prompt variants")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out-dir", default="runs/reliability")
     args = ap.parse_args(argv)
@@ -55,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     paths = [MWE / f"{d}.jsonl" for d in args.datasets]
     vectors: dict[str, str | torch.Tensor] = {}
     for kind in [k.strip() for k in args.vectors.split(",") if k.strip()]:
-        if kind in ("caa", "sae_ts"):
+        if kind in ("caa", "sae_ts", "random"):
             vectors[kind] = kind
         else:
             vectors[Path(kind).name] = SteeringVector.load(
@@ -66,27 +74,42 @@ def main(argv: list[str] | None = None) -> None:
     docs = run_reliability_multi(
         model, paths, args.hook, vectors,
         {n: out / n / "results.json" for n in vectors}, {n: out / n for n in vectors},
-        max_items=args.max_items, seed=args.seed, **extra,
+        max_items=args.max_items, train=args.train, seed=args.seed, positions=args.positions,
+        max_ppl_ratio=args.max_ppl_ratio, variants=not args.no_ood, **extra,
     )  # fmt: skip
     print(f"{time.time() - t0:.0f}s", flush=True)
     names = list(docs)
-    head = "".join(f"{n + ' steer':>14}{'anti':>6}{'A/B':>6}{'Y/N':>6}" for n in names)
-    print(f"{'dataset':<42}{head}")
+    print(f"{'dataset':<42}{'vector':>8}{'s':>5}{'steer [95% CI]':>26}{'anti':>6}{'A/B':>6}"
+          f"{'Y/N':>6}  by layout / Tan's λ steer")  # fmt: skip
     for p in paths:
-        row = ""
         for n in names:
             r = docs[n][p.stem]
-            row += (
-                f"{r['steerability']['mean']:>14.3f}{r['anti_steerable_fraction']:>6.2f}"
-                f"{r['spurious']['ab']:>6.2f}{r['spurious']['yes_no']:>6.2f}"
+            st, sp, tan = r["steerability"], r["spurious"], r["tan_multipliers"]["steerability"]
+            lay = " ".join(f"{k} {v['mean']:+.2f}" for k, v in st["by_layout"].items())
+            print(
+                f"{p.stem:<42}{n:>8}{r['strength']['chosen']:>5.2f}"
+                f"{st['mean']:>+9.3f} [{st['ci95'][0]:+.3f}, {st['ci95'][1]:+.3f}]"
+                f"{st['anti_steerable_fraction']:>6.2f}{sp['ab']:>6.2f}{sp['yes_no']:>6.2f}"
+                f"  {lay} / {tan['mean']:+.3f}"
             )
-        print(f"{p.stem:<42}{row}")
     for n in names:
         print(n, "across datasets:", json.dumps(docs[n]["across_datasets"]))
-    keep = ("anti_steerable_fraction", "spurious", "ood", "cosine_with_caa", "n_test")
 
-    def brief(r: dict) -> dict:  # per-sample slopes stay in each vector's results.json
-        return {"steerability": {"mean": r["steerability"]["mean"]}, **{k: r[k] for k in keep}}
+    def slim(rec: dict) -> dict:  # per-sample slopes stay in each vector's results.json
+        drop = ("per_sample", "residual_rmse", "by_combination")
+        return {
+            k: {x: y for x, y in rec[k].items() if x not in drop}
+            for k in ("steerability", "spurious")
+        }
+
+    keep = ("n_train", "n_test", "split_counts", "positions", "propensity", "residual_norm",
+            "caa_norm", "caa_split_half_cosine", "cosine_with_caa", "ood",
+            "anti_steerable_fraction", "strength")  # fmt: skip
+
+    def brief(r: dict) -> dict:
+        top = r["tan_multipliers"]["max_strength_in_norm_units"]
+        tan = slim(r["tan_multipliers"]) | {"max_strength_in_norm_units": top}
+        return slim(r) | {"tan_multipliers": tan} | {k: r[k] for k in keep}
 
     summary = {
         "command": " ".join(["python", *sys.argv]),

@@ -143,14 +143,14 @@ def test_public_api_is_curated():
 def test_one_kv_cached_generation_loop() -> None:
     """Only generation.py samples with a KV cache; steering and effects call its generate().
 
-    experiments/reliability.py also builds a cache, to score one shared prompt prefix under many
-    steering vectors (no sampling).
+    experiments/reliability_steering.py also builds a cache, to score one shared prompt prefix
+    under many steering vectors (no sampling).
     """
     users = sorted(
         str(p.relative_to(PACKAGE))
         for p in PACKAGE.rglob("*.py")
         if "TransformerLensKeyValueCache" in p.read_text()
     )
-    assert users == ["experiments/reliability.py", "generation.py"], users
-    rel = (PACKAGE / "experiments" / "reliability.py").read_text()
+    assert users == ["experiments/reliability_steering.py", "generation.py"], users
+    rel = (PACKAGE / "experiments" / "reliability_steering.py").read_text()
     assert "sample(" not in rel and "multinomial" not in rel

@@ -1,16 +1,18 @@
-"""``sae-ts reliability``: per-input steerability, anti-steerability, spurious factors, OOD."""
+"""``sae-ts reliability``: per-input steerability (with a CI, per answer layout, over a strength
+sweep), anti-steerability, spurious factors, OOD."""
 
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 
 from ..effect_model import LinearEffectModel, load_default_effect_model
 from ..experiments.reliability_report import run_reliability
+from ..experiments.reliability_steering import SteerPositions
 from ..steering import SteeringVector
 from .common import add_model_args, load_from_args
 
@@ -29,7 +31,7 @@ def _cmd(args: argparse.Namespace) -> int:
             else load_default_effect_model()
         )
         extra = {"sae": sae, "effect_model": em}
-    elif args.vector != "caa":
+    elif args.vector not in ("caa", "random"):
         sv = SteeringVector.load(args.vector, model=model, hook_name=hook)
         vector = sv.vector
     if args.out_dir:
@@ -45,12 +47,20 @@ def _cmd(args: argparse.Namespace) -> int:
         max_items=args.max_items,
         seed=args.seed,
         variants=not args.no_ood,
+        positions=args.positions,
+        propensity=args.propensity,
+        max_ppl_ratio=args.max_ppl_ratio,
         **extra,
     )
     for name in args.dataset:
         r = doc[Path(name).stem]
+        st, sp = r["steerability"], r["spurious"]
+        lo, hi = st["ci95"]
         print(
-            f"{Path(name).stem:<40} steerability {r['steerability']['mean']:+.3f}  anti-steerable {r['anti_steerable_fraction']:.2f}  A/B {r['spurious']['ab']:.2f}  Yes/No {r['spurious']['yes_no']:.2f}"
+            f"{Path(name).stem:<40} strength {r['strength']['chosen']:.2f}  "
+            f"steerability {st['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}]  "
+            f"anti-steerable {st['anti_steerable_fraction']:.2f}  "
+            f"A/B {sp['ab']:.2f}  Yes/No {sp['yes_no']:.2f}"
         )
     print(json.dumps(doc["across_datasets"], indent=2))
     return 0
@@ -68,7 +78,8 @@ def add_cli_commands(sub: Any) -> None:
         "--vector",
         default="caa",
         help="caa; sae_ts (SAE target found from each dataset's training statements, solved "
-        "with the effect model); or a saved SteeringVector path",
+        "with the effect model); random (a seeded Gaussian direction, a control); or a saved "
+        "SteeringVector path",
     )
     p.add_argument(
         "--effect-model", default=None, help="for --vector sae_ts (default: the shipped one)"
@@ -79,5 +90,24 @@ def add_cli_commands(sub: Any) -> None:
     p.add_argument("--train", type=float, default=0.5, help="train fraction (test: the rest)")
     p.add_argument("--max-items", type=int, default=200, help="subsample each dataset (seeded)")
     p.add_argument("--no-ood", action="store_true", help="skip the persona-prompt variants")
+    p.add_argument(
+        "--positions",
+        default="tan",
+        choices=get_args(SteerPositions),
+        help="where the vector is added: tan (last prompt token + answer tokens, Tan et al.), "
+        "assistant (the whole assistant turn) or answer (answer tokens only)",
+    )
+    p.add_argument(
+        "--propensity",
+        default="answer",
+        choices=("answer", "letter"),
+        help="answer: summed logits of the answer tokens (Tan et al.); letter: the letter only",
+    )
+    p.add_argument(
+        "--max-ppl-ratio",
+        type=float,
+        default=2.0,
+        help="the chosen strength keeps the answer format's perplexity within this factor",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd)

@@ -1,21 +1,22 @@
-"""Reliability and generalisation of steering vectors (Tan et al., NeurIPS 2024).
+"""Reliability of steering vectors (Tan et al., NeurIPS 2024): items, splits, prompts, statistics.
 
 Data: Anthropic model-written evals (JSONL with ``question``, ``answer_matching_behavior``,
 ``answer_not_matching_behavior``). Persona items (Yes/No statements) become A/B multiple choice
-with the A/B order alternated so that the four (letter x word) combinations are balanced;
-advanced-AI-risk items keep their own lettered options. Prompts go through the model's chat
-template and end with ``(`` so that the next token is the answer letter.
+with the A/B order alternated so that the four answer layouts (positive letter x positive word:
+A/yes, A/no, B/yes, B/no) are balanced; advanced-AI-risk items keep their own lettered options
+(layout: the positive letter, with /yes or /no when that option reads Yes or No). Prompts go
+through the model's chat template and end with the assistant turn's header; the answer is
+``(A)`` or ``(B)``.
 
-Measures (definitions from the paper's code):
+Splits and subsamples are stratified by layout, take fractions (never counts), and are asserted
+disjoint (Tan et al.'s code parsed "0:50%" / "50:100%" so that train and test overlapped).
 
-* propensity — logit(positive letter) - logit(negative letter) at the answer position;
-* steering from the last prompt token on, at multipliers λ (default -1.5 … 1.5) times the vector;
-* per-sample steerability — the least-squares slope of propensity against λ (residual kept);
-  dataset steerability — the mean slope;
-* anti-steerable fraction — the share of samples with slope <= 0;
-* spurious factors — the share of slope variance explained by "positive answer is A", then
-  additionally by "positive answer is Yes" (OLS), and what remains;
-* out of distribution — the same vector on persona-prompt variants of the dataset.
+Statistics (definitions from the paper's code): per-sample steerability is the least-squares
+slope of propensity against the steering strength; the dataset's steerability is the mean slope
+(here with a seeded bootstrap CI); an item is anti-steerable if its slope is <= 0; spurious
+factors are the share of slope variance explained by "positive answer is A", then additionally
+by "positive answer is Yes" (OLS). Steering itself is in
+:mod:`sae_ts.experiments.reliability_steering`.
 """
 
 from __future__ import annotations
@@ -23,41 +24,40 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
+from scipy.stats import bootstrap
 from transformer_lens import HookedTransformer
-from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
-from ..baselines import find_features, mean_activations
-from ..effect_model import LinearEffectModel
 from ..errors import ConfigError, MissingFileError
-from ..solver import Target, solve
-from ..steering import SteeringHook, add_hooks, check_vector
-from ..types import Method, SAELike
 
 __all__ = [
     "MULTIPLIERS",
     "MCItem",
     "SteerabilityResult",
-    "caa_mc_vector",
+    "answer_layout",
+    "chat_prompt",
+    "layout_counts",
     "letter_id",
     "load_mwe",
     "mc_prompt",
+    "mean_ci",
     "ood_variants",
-    "propensity_curves",
-    "sae_ts_mc_vector",
+    "slope_summary",
     "split_items",
     "spurious_factors",
     "steerability",
+    "stratified_sample",
     "to_mc_items",
 ]
 
 MULTIPLIERS: tuple[float, ...] = (-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5)
+"""Tan et al.'s multipliers of the raw CAA vector."""
 
 
 @dataclass(frozen=True)
@@ -157,26 +157,94 @@ def to_mc_items(records: Sequence[dict[str, Any]], source: str = "") -> list[MCI
     return items
 
 
+def answer_layout(item: MCItem) -> str:
+    """The item's answer layout: ``"A/yes"``, ``"A/no"``, ``"B/yes"``, ``"B/no"``, or the bare
+    positive letter (``"A"``, ``"B"``) when the positive option reads neither Yes nor No."""
+    if item.pos_is_yes is None:
+        return item.pos
+    return f"{item.pos}/{'yes' if item.pos_is_yes else 'no'}"
+
+
+def layout_counts(items: Sequence[MCItem]) -> dict[str, int]:
+    """How many items have each answer layout (sorted by layout)."""
+    return dict(sorted(Counter(answer_layout(it) for it in items).items()))
+
+
+def _strata(items: Sequence[MCItem]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for i, it in enumerate(items):
+        out.setdefault(answer_layout(it), []).append(i)
+    return dict(sorted(out.items()))
+
+
+def stratified_sample(items: Sequence[MCItem], n: int, seed: int = 0) -> list[MCItem]:
+    """``n`` items drawn without replacement, each layout in proportion to its share (seeded).
+
+    Quotas are the proportional shares rounded by largest remainder, so they sum to ``n``; the
+    items keep their original order.
+    """
+    if n <= 0:
+        raise ConfigError(f"cannot sample {n} items")
+    if n >= len(items):
+        return list(items)
+    strata = _strata(items)
+    exact = {k: n * len(v) / len(items) for k, v in strata.items()}
+    quota = {k: int(e) for k, e in exact.items()}
+    by_remainder = sorted(strata, key=lambda k: (quota[k] - exact[k], k))
+    for k in by_remainder[: n - sum(quota.values())]:
+        quota[k] += 1
+    rng = random.Random(seed)
+    keep: list[int] = []
+    for k, idx in strata.items():
+        idx = idx[:]
+        rng.shuffle(idx)
+        keep += idx[: quota[k]]
+    return [items[i] for i in sorted(keep)]
+
+
+def _round_half_up(x: float) -> int:
+    return math.floor(x + 0.5 + 1e-9)
+
+
 def split_items(
-    items: Sequence[MCItem], train: float = 0.5, seed: int = 0, test: float | None = None
+    items: Sequence[MCItem],
+    train: float = 0.5,
+    seed: int = 0,
+    test: float | None = None,
+    stratify: bool = True,
 ) -> tuple[list[MCItem], list[MCItem]]:
-    """Shuffle and split by explicit fractions; train and test are asserted disjoint."""
+    """Split by explicit fractions, within each answer layout (seeded); asserted disjoint.
+
+    Each layout puts ``train * n_layout`` items (rounded half up) into train and
+    ``test * n_layout`` of the rest into test (all the rest when ``test`` is None), so train and
+    test keep the layout proportions of ``items``; for persona sets, whose four layouts are
+    balanced, the train split is balanced A:B and Yes:No. ``stratify=False`` splits the whole set at once.
+    """
     if not 0 < train < 1:
         raise ConfigError(
             f"train fraction must be in (0, 1), got {train!r} (a fraction, not a count)"
         )
-    test = 1 - train if test is None else test
-    if not 0 < test <= 1 - train + 1e-9:
+    if test is not None and not 0 < test <= 1 - train + 1e-9:
         raise ConfigError(f"test fraction {test} must be in (0, 1 - train]")
-    idx = list(range(len(items)))
-    random.Random(seed).shuffle(idx)
-    n_tr = round(train * len(items))
-    n_te = round(test * len(items))
-    tr_idx, te_idx = idx[:n_tr], idx[n_tr : n_tr + n_te]
+    strata = _strata(items) if stratify else {"all": list(range(len(items)))}
+    rng = random.Random(seed)
+    tr_idx: list[int] = []
+    te_idx: list[int] = []
+    for idx in strata.values():
+        idx = idx[:]
+        rng.shuffle(idx)
+        n_tr = _round_half_up(train * len(idx))
+        n_te = (
+            len(idx) - n_tr
+            if test is None
+            else min(_round_half_up(test * len(idx)), len(idx) - n_tr)
+        )
+        tr_idx += idx[:n_tr]
+        te_idx += idx[n_tr : n_tr + n_te]
     assert not set(tr_idx) & set(te_idx), "train and test overlap"
     if not tr_idx or not te_idx:
         raise ConfigError(f"{len(items)} items are too few for this split")
-    return [items[i] for i in tr_idx], [items[i] for i in te_idx]
+    return [items[i] for i in sorted(tr_idx)], [items[i] for i in sorted(te_idx)]
 
 
 def ood_variants(name: str) -> dict[str, tuple[str | None, str]]:
@@ -193,14 +261,29 @@ def ood_variants(name: str) -> dict[str, tuple[str | None, str]]:
 
 
 def mc_prompt(model: HookedTransformer, item: MCItem, system: str | None, prefix: str) -> str:
-    """The chat-formatted question of ``item`` (with ``system`` and ``prefix``), ending in ``(``."""
+    """The chat-formatted question of ``item`` (with ``system`` and ``prefix``), ending with the
+    assistant turn's header; the answer ``(A)`` or ``(B)`` follows it."""
     tok = model.tokenizer
     assert tok is not None
+    return chat_prompt(tok, item, system, prefix)
+
+
+def chat_prompt(
+    tokenizer: Any,
+    item: MCItem,
+    system: str | None,
+    prefix: str,
+    generation_prompt: bool = True,
+) -> str:
+    """:func:`mc_prompt` from a tokenizer with a chat template (without the assistant header
+    when ``generation_prompt`` is false)."""
     msgs = ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": prefix + item.question}
     ]
-    text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-    return str(text) + "("
+    text = tokenizer.apply_chat_template(
+        msgs, tokenize=False, add_generation_prompt=generation_prompt
+    )
+    return str(text)
 
 
 def letter_id(model: HookedTransformer, letter: str) -> int:
@@ -208,64 +291,6 @@ def letter_id(model: HookedTransformer, letter: str) -> int:
     assert model.tokenizer is not None
     ids = model.tokenizer("(" + letter, add_special_tokens=False).input_ids
     return int(ids[-1])
-
-
-def _expand_cache(cache: TransformerLensKeyValueCache, k: int) -> TransformerLensKeyValueCache:
-    for e in cache.entries:
-        e.past_keys = e.past_keys.repeat_interleave(k, 0)
-        e.past_values = e.past_values.repeat_interleave(k, 0)
-    cache.previous_attention_mask = cache.previous_attention_mask.repeat_interleave(k, 0)
-    return cache
-
-
-@torch.no_grad()
-def propensity_curves(
-    model: HookedTransformer,
-    items: Sequence[MCItem],
-    vector: torch.Tensor,
-    hook_name: str,
-    multipliers: Sequence[float] = MULTIPLIERS,
-    system: str | None = None,
-    prefix: str = "",
-    batch_size: int = 8,
-) -> np.ndarray:
-    """``[n_items, n_multipliers]`` propensities with ``λ * vector`` added from the last prompt token.
-
-    ``vector`` may also be ``[n_vectors, d_model]``: the result is then
-    ``[n_items, n_vectors, n_multipliers]``, and the unsteered prompt prefix is shared by all
-    vectors. The prompt minus its last token runs once per item (unsteered, with a KV cache);
-    only the last token is run for each (vector, multiplier).
-    """
-    single = vector.ndim == 1
-    V = vector[None] if single else vector
-    if V.ndim != 2:
-        raise ConfigError("vector must be [d_model] or [n_vectors, d_model]")
-    for v in V:
-        check_vector(v, model.cfg.d_model)
-    mult = torch.tensor(list(multipliers), dtype=torch.float32)
-    nv, k = V.shape[0], len(mult)
-    out = np.zeros((len(items), nv, k))
-    assert model.tokenizer is not None
-    for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
-        texts = [mc_prompt(model, it, system, prefix) for it in chunk]
-        toks = model.to_tokens(texts, prepend_bos=True, padding_side="left")
-        b = toks.shape[0]
-        cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, b)
-        model(toks[:, :-1], past_kv_cache=cache)
-        _expand_cache(cache, nv * k)
-        last = toks[:, -1:].repeat_interleave(nv * k, 0)
-        vecs = V.float().to(toks.device).repeat_interleave(k, 0).repeat(b, 1)  # row: (item, v, λ)
-        hook = SteeringHook(vecs, mult.repeat(b * nv))
-        with add_hooks(model, [(hook_name, hook)]):
-            logits = model(last, past_kv_cache=cache)[:, -1].view(b, nv, k, -1)
-        for j, it in enumerate(chunk):
-            diff = (
-                logits[j, :, :, letter_id(model, it.pos)]
-                - logits[j, :, :, letter_id(model, it.neg)]
-            )
-            out[start + j] = diff.float().cpu().numpy()
-    return out[:, 0] if single else out
 
 
 @dataclass
@@ -290,9 +315,9 @@ class SteerabilityResult:
 
 
 def steerability(
-    propensities: np.ndarray, multipliers: Sequence[float] = MULTIPLIERS
+    propensities: np.ndarray, multipliers: Sequence[float] | np.ndarray = MULTIPLIERS
 ) -> SteerabilityResult:
-    """Least-squares slope of propensity against λ for each sample."""
+    """Least-squares slope of propensity against the multiplier (or strength) for each sample."""
     P = np.asarray(propensities, dtype=np.float64)
     x = np.asarray(multipliers, dtype=np.float64)
     if P.ndim != 2 or P.shape[1] != x.shape[0]:
@@ -309,6 +334,64 @@ def steerability(
     )  # fmt: skip
 
 
+def mean_ci(
+    values: Sequence[float] | np.ndarray, seed: int = 0, confidence: float = 0.95
+) -> tuple[float, float, float]:
+    """The mean and its percentile-bootstrap confidence interval (9,999 resamples, seeded).
+
+    With fewer than two values, or identical values, the interval is the mean itself.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 1 or len(x) == 0:
+        raise ConfigError("mean_ci needs a non-empty 1-D sample")
+    m = float(x.mean())
+    if len(x) < 2 or np.ptp(x) == 0:
+        return m, m, m
+    ci = bootstrap(
+        (x,), np.mean, confidence_level=confidence, method="percentile",
+        rng=np.random.default_rng(seed),
+    ).confidence_interval  # fmt: skip
+    return m, float(ci.low), float(ci.high)
+
+
+ABS_QUANTILES: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
+
+
+def slope_summary(slopes: np.ndarray, items: Sequence[MCItem], seed: int = 0) -> dict[str, Any]:
+    """The per-dataset report of per-sample slopes.
+
+    ``mean`` with a 95% bootstrap ``ci95``; ``anti_steerable_fraction`` (slope <= 0); the
+    distribution of ``|slope|`` (``abs_quantiles`` at 0, 10, 25, 50, 75, 90, 100%, and
+    ``mean_abs``); and ``by_layout``: each answer layout's count, mean slope with its CI,
+    standard deviation and anti-steerable fraction (layouts that cancel show up here, not in the
+    mean).
+    """
+    y = np.asarray(slopes, dtype=np.float64)
+    if len(y) != len(items):
+        raise ConfigError(f"{len(y)} slopes for {len(items)} items")
+    m, lo, hi = mean_ci(y, seed)
+    groups: dict[str, list[float]] = {}
+    for it, s in zip(items, y):
+        groups.setdefault(answer_layout(it), []).append(float(s))
+    by_layout = {}
+    for k, v in sorted(groups.items()):
+        gm, glo, ghi = mean_ci(v, seed)
+        by_layout[k] = {
+            "n": len(v), "mean": gm, "ci95": [glo, ghi], "std": float(np.std(v)),
+            "anti_steerable_fraction": float(np.mean(np.asarray(v) <= 0)),
+        }  # fmt: skip
+    a = np.abs(y)
+    return {
+        "mean": m,
+        "ci95": [lo, hi],
+        "ci_excludes_zero": bool(lo > 0 or hi < 0),
+        "anti_steerable_fraction": float((y <= 0).mean()),
+        "mean_abs": float(a.mean()),
+        "abs_quantiles": {f"{q:g}": float(np.quantile(a, q)) for q in ABS_QUANTILES},
+        "by_layout": by_layout,
+    }
+
+
 def _r2(y: np.ndarray, X: np.ndarray) -> float:
     X1 = np.column_stack([np.ones(len(y)), X])
     coef, *_ = np.linalg.lstsq(X1, y, rcond=None)
@@ -321,7 +404,7 @@ def spurious_factors(slopes: np.ndarray, items: Sequence[MCItem]) -> dict[str, A
 
     ``ab`` is the R² of slopes ~ 1 + [positive is A]; ``yes_no`` the increase in R² when
     [positive is Yes] is added (0 when no item has a Yes/No answer); ``unexplained`` = 1 - both.
-    Also returns the slope mean/std/count of each (letter, word) combination.
+    Also returns the slope mean/std/count of each answer layout (:func:`answer_layout`).
     """
     y = np.asarray(slopes, dtype=np.float64)
     if len(y) != len(items):
@@ -333,8 +416,7 @@ def spurious_factors(slopes: np.ndarray, items: Sequence[MCItem]) -> dict[str, A
     r2_full = _r2(y, np.column_stack([is_a, is_yes])) if has_yn.any() else r2_ab
     groups: dict[str, list[float]] = {}
     for it, s in zip(items, y):
-        word = "yes" if it.pos_is_yes else "no" if it.pos_is_yes is False else "other"
-        groups.setdefault(f"{it.pos}/{word}", []).append(float(s))
+        groups.setdefault(answer_layout(it), []).append(float(s))
     combos = {
         k: {"n": len(v), "mean": float(np.mean(v)), "std": float(np.std(v)), "slopes": v}
         for k, v in sorted(groups.items())
@@ -345,56 +427,3 @@ def spurious_factors(slopes: np.ndarray, items: Sequence[MCItem]) -> dict[str, A
         "unexplained": 1 - r2_full,
         "by_combination": combos,
     }
-
-
-def caa_mc_vector(
-    model: HookedTransformer,
-    items: Sequence[MCItem],
-    hook_name: str,
-    system: str | None = None,
-    prefix: str = "",
-    batch_size: int = 8,
-) -> torch.Tensor:
-    """CAA at the answer-letter token (Tan et al.): mean over items of act(pos letter) - act(neg letter).
-
-    Returns the raw (unnormalised) vector, whose norm Tan et al.'s multipliers are defined on.
-    """
-    if not items:
-        raise ConfigError("no items to train on")
-    pos = [mc_prompt(model, it, system, prefix) + it.pos for it in items]
-    neg = [mc_prompt(model, it, system, prefix) + it.neg for it in items]
-    diffs = mean_activations(
-        model, pos, hook_name, "last", batch_size=batch_size
-    ) - mean_activations(model, neg, hook_name, "last", batch_size=batch_size)
-    v = diffs.mean(0)
-    if not math.isfinite(float(v.norm())):
-        raise ConfigError("CAA vector is not finite")
-    return v
-
-
-def sae_ts_mc_vector(
-    model: HookedTransformer,
-    sae: SAELike,
-    effect_model: LinearEffectModel,
-    items: Sequence[MCItem],
-    hook_name: str,
-    n_features: int = 3,
-    method: Method = "sae_ts",
-) -> tuple[torch.Tensor, list[tuple[int, float]]]:
-    """An SAE-TS vector for a dataset's behaviour, from its training items only.
-
-    The target is the top ``n_features`` SAE latents by :func:`~sae_ts.baselines.find_features`
-    on the items' behaviour statements (``pos_text``) against the opposite ones (``neg_text``),
-    weighted by their activation gap; the vector is :func:`~sae_ts.solver.solve` with ``method``
-    (unit norm). Raises ``ValueError`` when no latent fires more on the positive side.
-    """
-    pos = [it.pos_text for it in items if it.pos_text]
-    neg = [it.neg_text for it in items if it.neg_text]
-    if not pos or not neg:
-        raise ConfigError("the items carry no behaviour statements on one side")
-    feats = find_features(model, sae, pos, neg, hook_name, top=n_features)
-    if not feats:
-        raise ConfigError("no SAE latent fires more on the behaviour's statements")
-    total = sum(w for _, w in feats)
-    target = Target({f: w / total for f, w in feats})
-    return solve(effect_model, target, method), feats

@@ -1,22 +1,34 @@
-"""``sae-ts reliability``: run the Tan et al. analysis over datasets for one kind of vector.
+"""``sae-ts reliability``: run the Tan et al. analysis over datasets for one or more vectors.
 
-For each dataset: split (fractions, disjoint), build the vector on the train split, measure
-propensity curves on the test split in the base prompt format (in distribution) and in each
-persona-prompt variant (out of distribution), and report steerability, the anti-steerable
-fraction, spurious factors and OOD figures. Across datasets: Spearman ρ of ID vs OOD
-steerability per variant. Plots: propensity curves, slope distributions by (letter, word), and
-ID-vs-OOD scatter.
+For each dataset: a stratified subsample, a stratified disjoint split (counts per answer layout
+recorded), vectors built on the train split, answer curves on the test split with the vector
+added at ``positions`` (Tan et al.'s rule by default, see
+:mod:`~sae_ts.experiments.reliability_steering`), on two strength axes:
 
-Vectors: ``caa`` (trained at the answer letter, raw norm, as in Tan et al.); a saved
-``SteeringVector`` path (e.g. an SAE-TS vector), rescaled to the norm of the dataset's CAA
-vector so that the same multipliers mean the same push for both (documented normalisation).
+* **strength** in units of the per-token residual norm (:data:`STRENGTHS`, -1.0 … 1.0 × the
+  norm): every vector is a unit direction times ``s × norm``, so CAA and SAE-TS are compared at
+  equal norm. The report picks the largest ``s`` at which the answer format stays sane: the
+  per-token perplexity of the answer format (``(A)`` or ``(B)``) under steering, at every
+  strength ``|s'| <= s``, is at most ``max_ppl_ratio`` × the unsteered one (geometric mean over
+  test items), judged on the dataset's CAA vector. Steerability at ``s`` is the OLS slope over
+  the grid points in ``[-s, s]`` (logit difference per 1.0 × norm).
+* **Tan et al.'s multipliers** λ ∈ {-1.5 … 1.5} of the raw CAA vector (other vectors rescaled to
+  its norm), slopes per unit λ.
+
+Reported per vector: the mean slope with a bootstrap CI, slopes per answer layout, the |slope|
+distribution, the anti-steerable fraction, the spurious decomposition, the strength sweep, and
+out of distribution: the base vector on each persona-prompt variant, and vectors trained on one
+variant tested on another (``ood_pairs``, default system_pos → user_neg as in the paper).
+Per dataset also: ``caa_split_half_cosine``, the cosine between CAA vectors trained on the two
+halves of the train split (near 0: the CAA direction is noise). Across datasets: Spearman ρ of
+ID vs OOD steerability per pair.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -25,30 +37,101 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from ..artifacts import write_json_atomic
+from ..effects import typical_residual_norm
 from ..errors import ConfigError
 from ..types import SAELike
 from .reliability import (
     MULTIPLIERS,
-    caa_mc_vector,
+    MCItem,
+    layout_counts,
     load_mwe,
     ood_variants,
-    propensity_curves,
-    sae_ts_mc_vector,
+    slope_summary,
     split_items,
     spurious_factors,
     steerability,
+    stratified_sample,
     to_mc_items,
+)
+from .reliability_plots import plot_dataset, plot_id_vs_ood
+from .reliability_steering import (
+    STRENGTHS,
+    SteerPositions,
+    answer_curves,
+    answer_tokens,
+    caa_mc_vector,
+    sae_ts_mc_vector,
 )
 
 __all__ = [
+    "OOD_PAIRS",
     "analyse_dataset",
     "analyse_dataset_multi",
     "run_reliability",
     "run_reliability_multi",
+    "strength_sweep",
 ]
 
-
 VectorSpec = str | torch.Tensor
+OOD_PAIRS: tuple[tuple[str, str], ...] = (("system_pos", "user_neg"),)
+"""(train variant, test variant) pairs beyond the base vector on each variant."""
+
+
+def strength_sweep(
+    P: np.ndarray,
+    F: np.ndarray,
+    strengths: Sequence[float],
+    n_answer_tokens: int,
+    items: Sequence[MCItem],
+    max_ppl_ratio: float = 2.0,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """For each positive strength ``s`` of the grid: steerability over ``[-s, s]`` and sanity.
+
+    ``P`` and ``F`` are ``[n_items, len(strengths)]`` propensities and answer-format
+    log-probabilities; ``strengths`` must include 0. ``ppl_ratio`` is the largest, over the grid
+    points in ``[-s, s]``, of the answer format's per-token perplexity under steering over the
+    unsteered one (geometric mean over items); ``sane`` is ``ppl_ratio <= max_ppl_ratio``.
+    """
+    s = np.asarray(strengths, dtype=np.float64)
+    if 0.0 not in s:
+        raise ConfigError("the strength grid must include 0 (the unsteered answer)")
+    z = int(np.flatnonzero(s == 0)[0])
+    ratio = np.exp(-(F - F[:, [z]]).mean(0) / n_answer_tokens)  # per strength
+    out = []
+    for smax in sorted({abs(x) for x in s if x != 0}):
+        sel = np.abs(s) <= smax + 1e-9
+        st = steerability(P[:, sel], s[sel])
+        summ = slope_summary(st.slopes, items, seed)
+        worst = float(ratio[sel].max())
+        out.append({
+            "strength": float(smax), "ppl_ratio": worst, "sane": worst <= max_ppl_ratio,
+            "mean": summ["mean"], "ci95": summ["ci95"],
+            "anti_steerable_fraction": summ["anti_steerable_fraction"],
+        })  # fmt: skip
+    return out
+
+
+def _choose(sweep: list[dict[str, Any]]) -> tuple[float, bool]:
+    """The largest strength with every smaller one sane too; (smallest, False) if none is."""
+    chosen = None
+    for row in sweep:
+        if not row["sane"]:
+            break
+        chosen = row["strength"]
+    return (chosen, True) if chosen is not None else (sweep[0]["strength"], False)
+
+
+def _slopes_record(
+    P: np.ndarray, x: np.ndarray, items: Sequence[MCItem], seed: int
+) -> dict[str, Any]:
+    """Steerability (:func:`slope_summary` plus per-sample slopes) and spurious factors."""
+    st = steerability(P, x)
+    rec = slope_summary(st.slopes, items, seed) | {
+        "per_sample": st.slopes.tolist(),
+        "residual_rmse": st.residual_rmse.tolist(),
+    }
+    return {"steerability": rec, "spurious": spurious_factors(st.slopes, items)}
 
 
 def analyse_dataset(
@@ -57,23 +140,84 @@ def analyse_dataset(
     hook_name: str,
     vector: VectorSpec = "caa",
     multipliers: Sequence[float] = MULTIPLIERS,
-    train: float = 0.5,
-    max_items: int | None = 200,
-    seed: int = 0,
-    variants: bool = True,
-    sae: SAELike | None = None,
-    effect_model: Any = None,
+    **kw: Any,
 ) -> dict[str, Any]:
-    """The analysis of one dataset; returns the JSON-ready record (curves kept for plots).
+    """The analysis of one dataset for one vector (see :func:`analyse_dataset_multi`)."""
+    return analyse_dataset_multi(model, path, hook_name, {"v": vector}, multipliers, **kw)["v"]
 
-    ``vector``: ``"caa"``, ``"sae_ts"`` (built from the training items with ``sae`` and
-    ``effect_model``, see :func:`~sae_ts.reliability.sae_ts_mc_vector`) or a tensor. Non-CAA
-    vectors are rescaled to the norm of the dataset's CAA vector.
+
+def _build_vectors(
+    model: HookedTransformer,
+    tr: Sequence[MCItem],
+    hook_name: str,
+    vectors: dict[str, VectorSpec],
+    caa: torch.Tensor,
+    sae: SAELike | None,
+    effect_model: Any,
+    seed: int,
+) -> dict[str, dict[str, Any]]:
+    built: dict[str, dict[str, Any]] = {}
+    for name, vector in vectors.items():
+        rec: dict[str, Any] = {}
+        if isinstance(vector, str) and vector == "caa":
+            v, kind = caa, "caa (raw norm on Tan's axis)"
+        elif isinstance(vector, str) and vector == "sae_ts":
+            if sae is None or effect_model is None:
+                raise ConfigError("vector='sae_ts' needs the SAE and an effect model")
+            if sae.cfg.metadata.hook_name != hook_name:
+                raise ConfigError(f"the SAE reads {sae.cfg.metadata.hook_name}, not {hook_name}")
+            v, feats = sae_ts_mc_vector(model, sae, effect_model, tr, hook_name)
+            kind, rec["features"] = "sae_ts", [[f, w] for f, w in feats]
+        elif isinstance(vector, str) and vector == "random":
+            g = torch.Generator().manual_seed(seed)
+            v, kind = torch.randn(caa.shape[0], generator=g), f"random (Gaussian, seed {seed})"
+        elif isinstance(vector, str):
+            raise ConfigError(
+                f"unknown vector {vector!r}: use 'caa', 'sae_ts', 'random' or a tensor"
+            )
+        else:
+            v, kind = torch.as_tensor(vector, dtype=torch.float32), "given"
+        if not float(v.norm()) > 0:
+            raise ConfigError(f"vector {name!r} is zero")
+        rec |= {"unit": v / v.norm(), "kind": kind, "is_caa": kind.startswith("caa")}
+        built[name] = rec
+    return built
+
+
+Curves = dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray]]
+
+
+def _all_curves(
+    model: HookedTransformer,
+    te: Sequence[MCItem],
+    hook_name: str,
+    units: dict[tuple[str, str], torch.Tensor],
+    pairs: Sequence[tuple[str, str]],
+    defs: dict[str, tuple[str | None, str]],
+    coefs: np.ndarray,
+    positions: SteerPositions,
+    batch_size: int,
+    propensity: Literal["answer", "letter"],
+) -> tuple[Curves, int]:
+    """(train variant, vector, test variant) -> (propensity, format log-prob), ``[n, coefs]``.
+
+    A vector is run on its own train variant (ID) and on each test variant paired with it; all
+    vectors needed on one test variant share its unsteered prompt prefixes.
     """
-    return analyse_dataset_multi(
-        model, path, hook_name, {"v": vector}, multipliers, train, max_items, seed, variants,
-        sae, effect_model,
-    )["v"]  # fmt: skip
+    tests: dict[str, list[tuple[str, str]]] = {}
+    for tv, tt in [*pairs, *[(tv, tv) for tv, _ in pairs]]:
+        tests.setdefault(tt, [])
+        tests[tt] += [key for key in units if key[0] == tv and key not in tests[tt]]
+    curves: Curves = {}
+    n_ans = 0
+    for tt, keys in tests.items():
+        sys_, pre = defs[tt]
+        V = torch.stack([units[key] for key in keys])
+        c = answer_curves(model, te, V, hook_name, coefs.tolist(), positions, sys_, pre, batch_size)
+        n_ans = c.n_answer_tokens
+        for i, (tv, n) in enumerate(keys):
+            curves[(tv, n, tt)] = (c.scores(propensity)[:, i], c.format_logprob[:, i])
+    return curves, n_ans
 
 
 def analyse_dataset_multi(
@@ -88,136 +232,143 @@ def analyse_dataset_multi(
     variants: bool = True,
     sae: SAELike | None = None,
     effect_model: Any = None,
+    positions: SteerPositions = "tan",
+    strengths: Sequence[float] = STRENGTHS,
+    propensity: Literal["answer", "letter"] = "answer",
+    max_ppl_ratio: float = 2.0,
+    ood_pairs: Sequence[tuple[str, str]] = OOD_PAIRS,
+    residual_norm: float | None = None,
+    batch_size: int = 8,
 ) -> dict[str, dict[str, Any]]:
-    """:func:`analyse_dataset` for several vectors on the same split, sharing prompt prefixes."""
+    """The analysis of one dataset for several vectors on the same split (see the module).
+
+    ``vectors``: name -> ``"caa"``, ``"sae_ts"`` (built from the training items with ``sae``
+    and ``effect_model``), ``"random"`` (a seeded Gaussian direction, a control) or a tensor.
+    The strength is chosen on the dataset's CAA vector, which is always built. ``propensity``:
+    ``"answer"`` (Tan et al.'s summed answer logits) or ``"letter"``. Returns one JSON-ready
+    record per vector (keys starting with ``_`` hold curves for plots).
+    """
+    if propensity not in ("answer", "letter"):
+        raise ConfigError(f"propensity must be 'answer' or 'letter', got {propensity!r}")
     path = Path(path)
     items = to_mc_items(load_mwe(path), source=path.stem)
     if max_items is not None and len(items) > max_items:
-        rng = np.random.default_rng(seed)
-        items = [items[i] for i in sorted(rng.choice(len(items), max_items, replace=False))]
+        items = stratified_sample(items, max_items, seed)
     tr, te = split_items(items, train=train, seed=seed)
-    caa = caa_mc_vector(model, tr, hook_name)
-    built: dict[str, tuple[torch.Tensor, str, list[tuple[int, float]] | None]] = {}
-    for name, vector in vectors.items():
-        feats = None
-        if isinstance(vector, str) and vector == "caa":
-            v, kind = caa, "caa"
-        elif isinstance(vector, str) and vector == "sae_ts":
-            if sae is None or effect_model is None:
-                raise ConfigError("vector='sae_ts' needs the SAE and an effect model")
-            if sae.cfg.metadata.hook_name != hook_name:
-                raise ConfigError(f"the SAE reads {sae.cfg.metadata.hook_name}, not {hook_name}")
-            vt, feats = sae_ts_mc_vector(model, sae, effect_model, tr, hook_name)
-            v, kind = vt / vt.norm() * caa.norm(), "sae_ts (rescaled to the CAA norm)"
-        elif isinstance(vector, str):
-            raise ConfigError(f"unknown vector {vector!r}: use 'caa', 'sae_ts' or a tensor")
-        else:
-            vt = torch.as_tensor(vector, dtype=torch.float32)
-            v, kind = vt / vt.norm() * caa.norm(), "given (rescaled to the CAA norm)"
-        built[name] = (v, kind, feats)
-    names = list(built)
-    V = torch.stack([built[n][0] for n in names])
-    curves_all: dict[str, np.ndarray] = {}
-    for var, (system, prefix) in ood_variants(path.stem).items():
-        if var != "base" and not variants:
-            continue
-        curves_all[var] = propensity_curves(
-            model, te, V, hook_name, multipliers, system=system, prefix=prefix
-        )
-    zero = list(multipliers).index(0.0) if 0.0 in multipliers else None
+    norm = float(residual_norm or typical_residual_norm(model, hook_name))
+    defs = ood_variants(path.stem)
+    for tv, tt in ood_pairs:
+        if tv not in defs or tt not in defs:
+            raise ConfigError(f"unknown variant in OOD pair {(tv, tt)}; have {sorted(defs)}")
+    caa = caa_mc_vector(model, tr, hook_name, batch_size=batch_size)
+    half_a, half_b = split_items(tr, train=0.5, seed=seed)  # is CAA's direction reproducible?
+    halves = [caa_mc_vector(model, h, hook_name, batch_size=batch_size) for h in (half_a, half_b)]
+    split_half = float(torch.cosine_similarity(halves[0], halves[1], dim=0))
+    specs = dict(vectors)
+    if not any(isinstance(v, str) and v == "caa" for v in specs.values()):
+        specs["_caa"] = "caa"
+    built = _build_vectors(model, tr, hook_name, specs, caa, sae, effect_model, seed)
+    pairs = [("base", v) for v in defs if v != "base"] + list(ood_pairs) if variants else []
+    # (train variant, name) -> unit vector; CAA is retrained on each train variant
+    units = {("base", n): b["unit"] for n, b in built.items()}
+    for tv in sorted({tv for tv, _ in pairs} - {"base"}):
+        sys_, pre = defs[tv]
+        v = caa_mc_vector(model, tr, hook_name, sys_, pre, batch_size=batch_size)
+        units |= {(tv, n): v / v.norm() for n, b in built.items() if b["is_caa"]}
+    # one column per distinct coefficient (0 is on both axes); P[:, :n_tan] is Tan's axis
+    wanted = [m * float(caa.norm()) for m in multipliers] + [s * norm for s in strengths]
+    coefs, col = np.unique(np.asarray(wanted, dtype=np.float64), return_inverse=True)
+    n_tan = len(multipliers)
+    curves, n_ans = _all_curves(
+        model, te, hook_name, units, [*pairs, ("base", "base")], defs, coefs, positions,
+        batch_size, propensity,
+    )  # fmt: skip
+    curves = {key: (P[:, col], F[:, col]) for key, (P, F) in curves.items()}
+
+    def get(tv: str, n: str, tt: str) -> tuple[np.ndarray, np.ndarray]:
+        return curves[(tv, n, tt)] if (tv, n, tt) in curves else curves[("base", n, tt)]
+
+    s_arr = np.asarray(strengths, dtype=np.float64)
+    caa_name = next(n for n, b in built.items() if b["is_caa"])
+    P, F = get("base", caa_name, "base")
+    sweep_caa = strength_sweep(
+        P[:, n_tan:], F[:, n_tan:], strengths, n_ans, te, max_ppl_ratio, seed
+    )
+    chosen, sane = _choose(sweep_caa)
+    sel = np.abs(s_arr) <= chosen + 1e-9
+    tok = model.tokenizer
+    assert tok is not None
+    ex = answer_tokens(tok, te[0])
+    steered = [tok.decode([(ex.prompt + ex.pos)[i]]) for i in ex.steered(positions)]
+    common = {
+        "n_train": len(tr), "n_test": len(te),
+        "split_counts": {"train": layout_counts(tr), "test": layout_counts(te)},
+        "positions": {"rule": positions, "steered_tokens_example": steered},
+        "propensity": propensity, "residual_norm": norm, "caa_norm": float(caa.norm()),
+        "caa_split_half_cosine": split_half,
+        "strength": {
+            "chosen": chosen, "sane": sane, "units": "x the typical per-token residual norm",
+            "chosen_on": "caa",
+            "criterion": f"largest s with answer-format per-token perplexity <= {max_ppl_ratio} x "
+            "unsteered at every grid strength in [-s, s] (geometric mean over test items)",
+        },
+        "strengths": [float(x) for x in s_arr[sel]],
+    }  # fmt: skip
     results: dict[str, dict[str, Any]] = {}
-    for vi, name in enumerate(names):
-        v, kind, feats = built[name]
-        out: dict[str, Any] = {
-            "n_train": len(tr), "n_test": len(te), "multipliers": list(multipliers),
-            "vector": kind, "vector_norm": float(v.norm()), "caa_norm": float(caa.norm()),
-            "cosine_with_caa": float(torch.nn.functional.cosine_similarity(v, caa, dim=0)),
-        }  # fmt: skip
-        if feats is not None:
-            out["features"] = [[f, w] for f, w in feats]
-        curves = {var: P[:, vi] for var, P in curves_all.items()}
-        base = steerability(curves["base"], multipliers)
-        out["steerability"] = {
-            "mean": base.mean,
-            "per_sample": base.slopes.tolist(),
-            "residual_rmse": base.residual_rmse.tolist(),
+    for name, b in built.items():
+        if name == "_caa":
+            continue
+        P, F = get("base", name, "base")
+        Pn = P[:, n_tan:]
+        out: dict[str, Any] = dict(common) | {
+            "vector": b["kind"],
+            "cosine_with_caa": float(torch.cosine_similarity(b["unit"], caa / caa.norm(), dim=0)),
         }
-        out["anti_steerable_fraction"] = base.anti_steerable_fraction
-        sp = spurious_factors(base.slopes, te)
-        out["spurious"] = {k: sp[k] for k in ("ab", "yes_no", "unexplained")} | {
-            "by_combination": sp["by_combination"]
+        if "features" in b:
+            out["features"] = b["features"]
+        out["strength"] = out["strength"] | {
+            "sweep": strength_sweep(Pn, F[:, n_tan:], strengths, n_ans, te, max_ppl_ratio, seed)
         }
-        ood = {}
-        for var, P in curves.items():
-            if var == "base":
-                continue
-            st = steerability(P, multipliers)
-            gap = (
-                float(P[:, zero].mean() - curves["base"][:, zero].mean())
-                if zero is not None
-                else None
-            )
-            ood[var] = {
-                "steerability": st.mean, "anti_steerable_fraction": st.anti_steerable_fraction,
-                "relative_steerability": st.mean / base.mean if base.mean != 0 else None,
-                "unsteered_propensity_gap": gap,
-            }  # fmt: skip
-        out["ood"] = ood
-        out["_curves"] = {k: c.tolist() for k, c in curves.items()}
+        rec = _slopes_record(Pn[:, sel], s_arr[sel], te, seed)
+        out |= rec
+        out["anti_steerable_fraction"] = rec["steerability"]["anti_steerable_fraction"]
+        tan = _slopes_record(P[:, :n_tan], np.asarray(multipliers, float), te, seed)
+        top = max(abs(m) for m in multipliers) * float(caa.norm()) / norm
+        out["tan_multipliers"] = tan | {
+            "multipliers": list(multipliers),
+            "max_strength_in_norm_units": top,
+        }
+        out["ood"] = _ood(get, name, pairs, sel, s_arr, n_tan, te, seed)
+        out["_curves"] = {"base": Pn[:, sel].tolist()}
+        out["_curves_all"] = {"strengths": s_arr.tolist(), "propensity": Pn.tolist()}
         out["_items"] = [{"pos": it.pos, "pos_is_yes": it.pos_is_yes} for it in te]
         results[name] = out
     return results
 
 
-def _plots(results: dict[str, dict[str, Any]], out_dir: Path) -> list[str]:
-    from matplotlib.figure import Figure  # no pyplot: leaves the user's backend alone
-
-    files = []
-    for name, r in results.items():
-        P = np.array(r["_curves"]["base"])
-        x = r["multipliers"]
-        fig = Figure(figsize=(10, 3.6))
-        axes = fig.subplots(1, 2)
-        for row in P[: min(40, len(P))]:
-            axes[0].plot(x, row, color="#999", alpha=0.3, lw=0.8)
-        axes[0].plot(x, P.mean(0), color="#c33", lw=2.5, label="mean")
-        axes[0].set(
-            xlabel="multiplier λ",
-            ylabel="propensity (logit diff)",
-            title=f"{name}: propensity curves",
-        )
-        axes[0].legend()
-        combos = r["spurious"]["by_combination"]
-        labels = list(combos)
-        axes[1].boxplot([combos[k]["slopes"] for k in labels], tick_labels=labels)
-        axes[1].axhline(0, color="k", lw=0.8)
-        axes[1].set(
-            ylabel="per-sample steerability (slope)", title="slopes by positive letter / word"
-        )
-        fig.tight_layout()
-        f = out_dir / f"{name}_reliability.png"
-        fig.savefig(f, dpi=110)
-        files.append(str(f))
-    names = list(results)
-    variants = sorted({v for r in results.values() for v in r["ood"]})
-    if len(names) >= 3 and variants:
-        fig = Figure(figsize=(3.4 * len(variants), 3.4))
-        axes = fig.subplots(1, len(variants), squeeze=False)
-        for ax, var in zip(axes[0], variants):
-            idd = [results[n]["steerability"]["mean"] for n in names]
-            odd = [results[n]["ood"][var]["steerability"] for n in names]
-            rho = spearmanr(idd, odd).statistic
-            ax.scatter(idd, odd)
-            ax.set(
-                title=f"{var}: Spearman ρ={rho:.2f}",
-                xlabel="ID steerability",
-                ylabel="OOD steerability",
-            )
-        fig.tight_layout()
-        f = out_dir / "id_vs_ood.png"
-        fig.savefig(f, dpi=110)
-        files.append(str(f))
-    return files
+def _ood(
+    get: Callable[[str, str, str], tuple[np.ndarray, np.ndarray]],
+    name: str,
+    pairs: Sequence[tuple[str, str]],
+    sel: np.ndarray,
+    s: np.ndarray,
+    n_tan: int,
+    te: Sequence[MCItem],
+    seed: int,
+) -> dict[str, dict[str, Any]]:
+    z = int(np.flatnonzero(s == 0)[0])
+    out = {}
+    for tv, tt in pairs:
+        P_id, P_ood = get(tv, name, tv)[0][:, n_tan:], get(tv, name, tt)[0][:, n_tan:]
+        idm = float(steerability(P_id[:, sel], s[sel]).mean)
+        st = slope_summary(steerability(P_ood[:, sel], s[sel]).slopes, te, seed)
+        out[f"{tv}->{tt}"] = {
+            "steerability": st["mean"], "ci95": st["ci95"],
+            "anti_steerable_fraction": st["anti_steerable_fraction"],
+            "id_steerability": idm, "relative_steerability": st["mean"] / idm if idm else None,
+            "unsteered_propensity_gap": float(P_ood[:, z].mean() - P_id[:, z].mean()),
+        }  # fmt: skip
+    return out
 
 
 def run_reliability(
@@ -247,6 +398,7 @@ def run_reliability_multi(
     **kw: Any,
 ) -> dict[str, dict[str, Any]]:
     """:func:`run_reliability` for several vectors at once (one results document per vector)."""
+    kw.setdefault("residual_norm", typical_residual_norm(model, hook_name))
     per: dict[str, dict[str, dict[str, Any]]] = {n: {} for n in vectors}
     for p in tqdm(list(datasets), desc="datasets"):
         recs = analyse_dataset_multi(model, p, hook_name, vectors, **kw)
@@ -257,15 +409,17 @@ def run_reliability_multi(
         results = per[n]
         across: dict[str, Any] = {}
         names = list(results)
-        for var in sorted({v for r in results.values() for v in r["ood"]}):
+        for pair in sorted({k for r in results.values() for k in r["ood"]}):
             if len(names) >= 3:
                 idd = [results[m]["steerability"]["mean"] for m in names]
-                odd = [results[m]["ood"][var]["steerability"] for m in names]
-                across[var] = {"spearman_id_vs_ood": float(spearmanr(idd, odd).statistic)}
+                odd = [results[m]["ood"][pair]["steerability"] for m in names]
+                across[pair] = {"spearman_id_vs_ood": float(spearmanr(idd, odd).statistic)}
         od = Path(out_dir[n]) if out_dir and n in out_dir else None
+        files: list[str] = []
         if od is not None:
             od.mkdir(parents=True, exist_ok=True)
-        files = _plots(results, od) if od is not None else []
+            files = [plot_dataset(m, r, od) for m, r in results.items()]
+            files += plot_id_vs_ood(results, od)
         config = {
             "datasets": [str(p) for p in datasets],
             "hook_name": hook_name,
