@@ -25,7 +25,7 @@ from sae_ts.effects import (
 from sae_ts.errors import ConfigError, MissingExtraError
 from sae_ts.executors import LocalExecutor, RayExecutor
 from sae_ts.experiments.comparison import CompareConfig, _run_task, _TaskRunner, load_task
-from sae_ts.loading import Loaded
+from sae_ts.targets import latent_density
 from sae_ts.testing import tiny_loaded
 
 # batch_rows 5: a chunk is measured in several batches, one of them small (other BLAS kernels)
@@ -141,33 +141,49 @@ def _tasks(tmp_path):
     (tmp_path / "b").mkdir()
     a = write_task(tmp_path / "a")
     b = write_task(tmp_path / "b", pos=NEG, neg=POS)  # the opposite concept
-    return [load_task(a), load_task(b)]
+    # a: a manual target (no tiny-SAE latent tells its halves apart); b: selected latents
+    return [(load_task(a), {3: 1.0, 7: 0.5}), (load_task(b), None)]
 
 
-def _compare(tasks, executor=None):
-    """What run_comparison does with its executor, on the tiny model."""
-    model, sae, hook = tiny_loaded()
-    est = EffectEstimator(model, sae, config=EffectConfig(rollouts=1), seed=0)
+def _runner(loaded=None):
+    """What run_comparison ships to its workers, for the tiny model."""
+    from tests.judges.test_offline import NEG, POS
+
+    model, sae, hook = loaded or tiny_loaded()
     g = torch.Generator().manual_seed(0)
     em = LinearEffectModel(
-        torch.randn(model.cfg.d_model, sae.cfg.d_sae, generator=g), torch.zeros(48)
+        torch.randn(model.cfg.d_model, sae.cfg.d_sae, generator=g), torch.zeros(sae.cfg.d_sae)
     )
-    cfg = CompareConfig(samples=4, max_new_tokens=6, norm_fractions=(0.0, 1.0, 2.0), bootstrap=50)
-    runner = _TaskRunner(em, ("caa", "sae", "targeted"), cfg, 0, est.baseline(progress=False),
-                         "cpu", None, model.cfg.model_name, sae_fingerprint(sae))  # fmt: skip
-    local = runner(Loaded(model, sae, hook))
+    cfg = CompareConfig.budget("smoke", n_features=2, max_density=0.5)  # dense ones out
+    density = latent_density(model, sae, hook, texts=POS + NEG, window=16)
+    return _TaskRunner(em, ("caa", "sae", "targeted"), cfg, "cpu", None, False, 10.0, density,
+                       model.cfg.model_name, sae_fingerprint(sae))  # fmt: skip
+
+
+def _compare(jobs, executor=None):
+    """What run_comparison does with its executor, on the tiny model."""
+    runner = _runner()
     ex = executor or LocalExecutor()
-    return dict(ex.imap(_run_task, tasks, local=local, remote=runner))
+    return dict(ex.imap(_run_task, jobs, local=runner(tiny_loaded()), remote=runner))
 
 
 def test_compare_tasks_on_two_workers_equal_one_process(
     ray_cluster, two_workers, one_thread, tmp_path
 ):
-    tasks = _tasks(tmp_path)
-    here = _compare(tasks)
+    jobs = _tasks(tmp_path)
+    here = _compare(jobs)
     assert here[0]["features"] != here[1]["features"]  # two tasks, two records
-    there = _compare(tasks, two_workers)
+    assert [r["features_source"] for r in here.values()] == ["override", "selectivity"]
+    assert here[1]["judge"]["auroc_build_texts"] >= 0  # the embedding judge, built on the worker
+    there = _compare(jobs, two_workers)
     assert json.dumps(there, sort_keys=True) == json.dumps(here, sort_keys=True)
+
+
+def test_a_compare_worker_with_another_model_is_refused():
+    runner = _runner()
+    assert runner(tiny_loaded()).runner is runner
+    with pytest.raises(ConfigError, match="another model or SAE"):
+        runner(tiny_loaded(seed=1))
 
 
 def test_cli_ray_flags_fail_fast_with_a_clear_error(monkeypatch, capsys, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -12,30 +13,38 @@ from ..experiments.comparison import (
     parse_feature_overrides,
     run_comparison,
 )
+from ..loading import load_default
+from .common import add_ray_args, executor_from_args
 
 __all__ = ["add_cli_commands"]
 
 
 def _cmd(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    executor = executor_from_args(args, functools.partial(load_default, device=args.device))
     judges = judges_from_args(
         args.judge, args.judge_model, args.judge_base_url,
         Path(args.out_dir) / "judge_cache", args.device,
     )  # fmt: skip
-    doc = run_comparison(
-        args.task,
-        methods,
-        args.budget,
-        args.seed,
-        args.effect_model,
-        args.out_dir,
-        args.json,
-        args.device,
-        judges,
-        log=lambda msg: print(msg, flush=True),
-        features=parse_feature_overrides(args.features or []),
-        validate=not args.no_validation,
-    )
+    try:
+        doc = run_comparison(
+            args.task,
+            methods,
+            args.budget,
+            args.seed,
+            args.effect_model,
+            args.out_dir,
+            args.json,
+            args.device,
+            judges,
+            log=lambda msg: print(msg, flush=True),
+            features=parse_feature_overrides(args.features or []),
+            validate=not args.no_validation,
+            executor=executor,
+        )
+    finally:
+        if executor is not None:
+            executor.close()
     print(doc["table"])
     print()
     print(doc["differences"])
@@ -95,4 +104,5 @@ def add_cli_commands(sub: Any) -> None:
     p.add_argument("--judge-base-url", default=None, help="API root, e.g. http://localhost:8000/v1")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, mps ...")
+    add_ray_args(p)
     p.set_defaults(func=_cmd)

@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -49,11 +49,12 @@ from transformer_lens import HookedTransformer
 
 from ..baselines import caa_vector, sae_latent_vector
 from ..effect_model import DEFAULT_EFFECT_MODEL, LinearEffectModel, load_default_effect_model
-from ..effects import typical_residual_norm
+from ..effects import sae_fingerprint, typical_residual_norm
 from ..errors import ConfigError, MissingFileError
+from ..executors import Executor, LocalExecutor
 from ..judges.offline import EmbeddingBehaviorJudge, auroc, load_embedder
 from ..judges.validation import judge_agreement
-from ..loading import load_default
+from ..loading import Loaded, load_default
 from ..models import load_hf_model
 from ..solver import Target, predicted_stats, solve, target_stats
 from ..targets import LatentDensity, TargetLatent, latent_density, select_targets
@@ -403,10 +404,14 @@ def compare_task(
             **_validate(validators(roles.judge), flat, beh_all, n, cfg),
         }
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        name = Path(task.path).name or task.name
-        plot_task(task.name, rec, list(vectors), out_dir / f"{name}_sweep.png")
+        _plot(task, rec, list(vectors), out_dir)
     return rec
+
+
+def _plot(task: Task, rec: Mapping[str, Any], methods: list[str], out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = Path(task.path).name or task.name
+    plot_task(task.name, rec, methods, out_dir / f"{name}_sweep.png")
 
 
 def load_effect_model(path: str | Path | None = None) -> tuple[LinearEffectModel, str]:
@@ -456,6 +461,7 @@ def run_comparison(
     log: Callable[[str], None] | None = None,
     features: Mapping[str, Mapping[int, float]] | None = None,
     validate: bool = True,
+    executor: Executor | None = None,
 ) -> dict[str, Any]:
     """``sae-ts compare``: every task x method on the embedded model; JSON, tables, plots.
 
@@ -465,6 +471,12 @@ def run_comparison(
     behaviour judge against independent judges (with the offline judges: the embedded instruct
     model as an LLM judge, and the criterion-sentence embedding). Returns the record written to
     ``json_path``, with the markdown tables under ``"table"`` and ``"differences"``.
+
+    ``executor``: where the tasks run (default: here, one after the other). With a
+    :class:`~sae_ts.executors.RayExecutor` whose workers load ``load_default(device=device)``, the
+    tasks run in parallel, one per worker; the driver ships its effect model, norm unit and latent
+    density, and writes the plots, tables and JSON. Every task is seeded on its own, so the records
+    do not depend on the number of workers.
     """
     t0 = time.time()
     say = log or _quiet
@@ -478,26 +490,25 @@ def run_comparison(
         if em.d_model != model.cfg.d_model or em.d_sae != int(sae.cfg.d_sae):
             raise ConfigError(f"effect model {em_src} does not fit the model and SAE")
     norm_unit = typical_residual_norm(model, hook)
-    density = latent_density(model, sae, hook)
-    embedder = load_embedder(device)
-    validators = None
-    if validate and cfg.validation_samples >= 4:
-        hf, tok = load_hf_model(device=device)
-        validators = offline_validators(
-            embedder, hf, tok, device, embedding_judge=judges is not None
-        )
-    results: dict[str, dict[str, Any]] = {}
+    runner = _TaskRunner(em, tuple(methods), cfg, device, judges, validate, norm_unit,
+                         latent_density(model, sae, hook), model.cfg.model_name,
+                         sae_fingerprint(sae))  # fmt: skip
+    jobs = []
     for d in task_dirs:
-        task, key = load_task(d), Path(d).name
-        override = (features or {}).get(key, (features or {}).get("*"))
-        results[key] = compare_task(
-            model, sae, hook, task, em, methods, cfg, embedder, out, judges,
-            validators=validators, norm_unit=norm_unit, density=density, features=override,
-        )  # fmt: skip
+        override = (features or {}).get(Path(d).name, (features or {}).get("*"))
+        jobs.append((load_task(d), override))
+    ex = executor or LocalExecutor()
+    # the driver loads the judges' models only when the tasks run here
+    local = runner(Loaded(model, sae, hook)) if ex.in_process else cast(_TaskContext, None)
+    done: dict[int, dict[str, Any]] = {}
+    for i, rec in ex.imap(_run_task, jobs, local=local, remote=runner):
+        done[i] = rec
+        _plot(jobs[i][0], rec, list(methods), out)
         say(
-            f"{key}: "
-            + ", ".join(f"{m} {results[key][m]['score']:.3f}" for m in [UNSTEERED, *methods])
+            f"{Path(task_dirs[i]).name}: "
+            + ", ".join(f"{m} {rec[m]['score']:.3f}" for m in [UNSTEERED, *methods])
         )
+    results = {Path(d).name: done[i] for i, d in enumerate(task_dirs)}
     rows = [UNSTEERED, *methods]
     mean = aggregate(results, rows, seed=seed, bootstrap=cfg.bootstrap)
     table = score_table({**results, "mean": mean}, rows)
@@ -526,6 +537,58 @@ def run_comparison(
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(doc, indent=2))
     return {**doc, "table": table, "differences": diffs}
+
+
+@dataclass(frozen=True)
+class _TaskRunner:
+    """What a worker needs, besides its own model and SAE, to run a task as the driver would.
+
+    Called with a model and SAE (a worker's own load, or the driver's), it refuses another model or
+    SAE than the driver's and builds the task context: the embedder and, with ``validate``, the
+    independent judges. The norm unit and latent density are the driver's, not recomputed.
+    """
+
+    effect_model: LinearEffectModel | None
+    methods: tuple[str, ...]
+    cfg: CompareConfig
+    device: str
+    judges: JudgeFactory | None
+    validate: bool
+    norm_unit: float
+    density: LatentDensity | None
+    model_name: str
+    sae_fingerprint: str
+
+    def __call__(self, loaded: Loaded) -> _TaskContext:
+        model, sae = loaded.model, loaded.sae
+        if (model.cfg.model_name, sae_fingerprint(sae)) != (self.model_name, self.sae_fingerprint):
+            raise ConfigError("a worker loaded another model or SAE than the driver")
+        embedder = load_embedder(self.device)
+        validators = None
+        if self.validate and self.cfg.validation_samples >= 4:
+            hf, tok = load_hf_model(device=self.device)
+            validators = offline_validators(
+                embedder, hf, tok, self.device, embedding_judge=self.judges is not None
+            )
+        return _TaskContext(self, loaded, embedder, validators)
+
+
+@dataclass(frozen=True)
+class _TaskContext:
+    runner: _TaskRunner
+    loaded: Loaded
+    embedder: Any
+    validators: ValidatorFactory | None
+
+
+def _run_task(ctx: _TaskContext, job: tuple[Task, Mapping[int, float] | None]) -> dict[str, Any]:
+    """One task's record, with its target override (:func:`compare_task`; no plot)."""
+    (task, features), r = job, ctx.runner
+    model, sae, hook = ctx.loaded
+    return compare_task(
+        model, sae, hook, task, r.effect_model, r.methods, r.cfg, ctx.embedder, None, r.judges,
+        validators=ctx.validators, norm_unit=r.norm_unit, density=r.density, features=features,
+    )  # fmt: skip
 
 
 def _quiet(msg: str) -> None:
