@@ -23,11 +23,13 @@ import torch
 
 from .artifacts import load_artifact, save_artifact
 from .effects import EffectDataset
+from .errors import ConfigError
 
 __all__ = [
     "DEFAULT_EFFECT_MODEL",
     "FitReport",
     "LinearEffectModel",
+    "RolloutReliability",
     "UnderdeterminedFitWarning",
     "effect_metrics",
     "evaluate_heldout",
@@ -282,6 +284,53 @@ def noise_ceiling(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
         "ceiling": 1 - (sse / 4) / sst_m if sst_m > 0 else float("nan"),
         "centred_cosine": float(cos.mean()),
     }
+
+
+@dataclass(frozen=True)
+class RolloutReliability:
+    """How reliable a measurement with ``k`` rollouts per prompt is (noise variance ∝ 1/k).
+
+    ``signal``: the variance of the true effects over vectors; ``noise_per_rollout``: the noise
+    variance of a one-rollout measurement (both summed over latents and vectors, centred over
+    vectors). ``at(k)`` is the reliability ``signal / (signal + noise_per_rollout / k)`` of a
+    ``k``-rollout measurement: the R² its true effects reach against it (Spearman-Brown), which
+    for the average of two halves is :func:`noise_ceiling`'s ``ceiling``.
+    """
+
+    signal: float
+    noise_per_rollout: float
+
+    @classmethod
+    def from_halves(cls, a: torch.Tensor, b: torch.Tensor, rollouts: int) -> RolloutReliability:
+        """From two independent measurements ``a``, ``b`` of ``rollouts`` rollouts per prompt."""
+        if a.shape != b.shape or a.ndim != 2:
+            raise ConfigError(f"two [n, d_sae] halves needed, got {tuple(a.shape)}, {tuple(b.shape)}")
+        if rollouts < 1:
+            raise ConfigError(f"rollouts must be >= 1, got {rollouts}")
+        a, b = a.double(), b.double()
+        m = (a + b) / 2
+        noise_m = float(((a - b) ** 2).sum()) / 4  # the noise of the 2 x rollouts average
+        sst_m = float(((m - m.mean(0)) ** 2).sum())
+        return cls(sst_m - noise_m, noise_m * 2 * rollouts)
+
+    def at(self, k: float) -> float:
+        """Reliability of a measurement with ``k`` rollouts per prompt (nan without signal)."""
+        if k <= 0:
+            raise ConfigError(f"k must be > 0, got {k}")
+        if self.signal <= 0:
+            return float("nan")
+        return self.signal / (self.signal + self.noise_per_rollout / k)
+
+    def rollouts_for(self, target: float) -> float:
+        """Rollouts per prompt (not rounded) at which the reliability reaches ``target``.
+
+        ``inf`` when the halves show no signal above the noise.
+        """
+        if not 0 < target < 1:
+            raise ConfigError(f"target reliability must be in (0, 1), got {target}")
+        if self.signal <= 0:
+            return float("inf")
+        return self.noise_per_rollout / self.signal * target / (1 - target)
 
 
 def evaluate_heldout(

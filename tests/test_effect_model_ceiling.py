@@ -69,3 +69,30 @@ def test_underdetermined_fit_warns_and_a_full_rank_fit_does_not():
     with warnings.catch_warnings():
         warnings.simplefilter("error", UnderdeterminedFitWarning)
         fit_ridge(ds, holdout=10)
+
+
+def test_rollout_reliability_recovers_the_known_signal_and_noise():
+    from sae_ts.effect_model import RolloutReliability
+
+    g = torch.Generator().manual_seed(3)
+    n, k, r, sigma = 300, 200, 4, 2.0  # per-rollout noise sd 2: an r-rollout half has sd 2/sqrt(r)
+    true = torch.randn(n, k, generator=g)
+    a, b = (true + sigma / r**0.5 * torch.randn(n, k, generator=g) for _ in range(2))
+    rel = RolloutReliability.from_halves(a, b, rollouts=r)
+    signal = float(((true - true.mean(0)) ** 2).sum())
+    assert rel.signal == pytest.approx(signal, rel=0.03)
+    assert rel.noise_per_rollout == pytest.approx(sigma**2 * n * k, rel=0.03)
+    # at the halves' own average (2r rollouts) it is noise_ceiling's ceiling
+    assert rel.at(2 * r) == pytest.approx(noise_ceiling(a, b)["ceiling"], abs=1e-9)
+    # Spearman-Brown: a 1-rollout measurement has reliability 1 / (1 + sigma^2), and the rollouts
+    # that reach a target invert it
+    assert rel.at(1) == pytest.approx(1 / (1 + sigma**2), abs=0.01)
+    k9 = rel.rollouts_for(0.9)
+    assert k9 == pytest.approx(sigma**2 * 9, rel=0.05) and rel.at(k9) == pytest.approx(0.9)
+    assert rel.rollouts_for(0.5) < k9
+    flat = RolloutReliability.from_halves(torch.zeros(5, 3), torch.randn(5, 3, generator=g), 1)
+    assert flat.rollouts_for(0.5) == float("inf")
+    with pytest.raises(ValueError, match="target"):
+        rel.rollouts_for(1.0)
+    with pytest.raises(ValueError, match="halves"):
+        RolloutReliability.from_halves(a, b[:3], rollouts=r)

@@ -63,3 +63,17 @@ def test_top_p_cut_keeps_tokens_until_the_mass_before_them_reaches_top_p():
     u = torch.rand(500, generator=torch.Generator().manual_seed(1))
     assert set(sample(logits, u, 1.0, None, 0.5).tolist()) == {0}
     assert set(sample(logits, u, 1.0, None, 0.51).tolist()) == {0, 1}
+
+
+def test_transformer_lens_ignores_top_p_when_top_k_is_given(tiny):
+    """The official SAE-TS loop passes top_k=50 and top_p=0.3 to TransformerLens's generate,
+    which then samples from the top 50 alone (benchmarks/effects_throughput.py relies on it)."""
+    toks = to_tokens(tiny, ["Once upon a time"]).expand(16, -1)
+    k = min(50, tiny.cfg.d_vocab // 2)
+
+    def gen(**kw):
+        torch.manual_seed(0)
+        return tiny.generate(toks, max_new_tokens=6, verbose=False, stop_at_eos=False, **kw)
+
+    assert torch.equal(gen(top_k=k, top_p=0.3), gen(top_k=k))
+    assert not torch.equal(gen(top_p=0.3), gen(top_k=k))
