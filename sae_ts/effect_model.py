@@ -304,7 +304,9 @@ class RolloutReliability:
     def from_halves(cls, a: torch.Tensor, b: torch.Tensor, rollouts: int) -> RolloutReliability:
         """From two independent measurements ``a``, ``b`` of ``rollouts`` rollouts per prompt."""
         if a.shape != b.shape or a.ndim != 2:
-            raise ConfigError(f"two [n, d_sae] halves needed, got {tuple(a.shape)}, {tuple(b.shape)}")
+            raise ConfigError(
+                f"two [n, d_sae] halves needed, got {tuple(a.shape)}, {tuple(b.shape)}"
+            )
         if rollouts < 1:
             raise ConfigError(f"rollouts must be >= 1, got {rollouts}")
         a, b = a.double(), b.double()
