@@ -31,8 +31,9 @@ loop (one vector per worker), against this one process (~20 min with ``--repeats
 ``--profile PATH`` writes a torch profile of one estimator pass.
 
 ``--ray --workers 1,2`` measures the estimator on a Ray cluster (a local one unless
-``--ray-address`` is given), in chunks of ``--chunk-size`` vectors, with 1 and then 2 workers of
-one CPU (one torch thread) each; actor start-up and model loading are left out of the timing.
+``--ray-address`` is given), in chunks of ``--chunk-size`` vectors (default: ``--vectors`` split
+evenly over the largest worker count), with 1 and then 2 workers of one CPU (one torch thread)
+each; actor start-up and model loading are left out of the timing.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import argparse
 import functools
 import json
 import multiprocessing as mp
+import queue
 import statistics
 import sys
 import time
@@ -165,16 +167,24 @@ class Workers:
         self.procs = [ctx.Process(target=_worker, args=q, daemon=True) for q in self.q]
         for p in self.procs:
             p.start()
-        for _, out in self.q:
-            assert out.get() == "ready"
+        for i in range(n):
+            self._get(i)
+
+    def _get(self, i: int) -> Any:
+        while True:
+            try:
+                return self.q[i][1].get(timeout=5)
+            except queue.Empty:
+                if not self.procs[i].is_alive():
+                    raise RuntimeError(f"worker {i} died (exit {self.procs[i].exitcode})") from None
 
     def run(self, jobs: list[tuple[str, dict]]) -> float:
         """Run one job per worker at once; the wall time until the last one finishes."""
         t = time.perf_counter()
         for (inq, _), job in zip(self.q, jobs):
             inq.put(job)
-        for _, out in self.q[: len(jobs)]:
-            out.get()
+        for i in range(len(jobs)):
+            self._get(i)
         return time.perf_counter() - t
 
     def close(self) -> None:
@@ -331,7 +341,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--profile", type=Path, default=None, help="write a torch profile table here")
     ap.add_argument("--ray", action="store_true", help="also measure on Ray workers")
     ap.add_argument("--workers", default="1,2", help="worker counts to measure with --ray")
-    ap.add_argument("--chunk-size", type=int, default=8, help="vectors per Ray job")
+    ap.add_argument("--chunk-size", type=int, default=None,
+                    help="vectors per Ray job (default: --vectors split evenly over the most workers)")  # fmt: skip
     ap.add_argument("--ray-address", default=None, help="a running cluster (default: local)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
@@ -394,10 +405,12 @@ def main(argv: list[str] | None = None) -> dict:
         res["levers"] = levers(model, sae, hook, args, vecs, prompts, gemm, flops)
     if args.ray:
         est = EffectEstimator(model, sae, config=cfg, seed=0)
+        counts = [int(w) for w in args.workers.split(",")]
+        chunk = args.chunk_size or -(-args.vectors // max(counts))
         res["ray"] = [
-            ray_throughput(est, vecs[: args.vectors], args.scale, int(w), args.chunk_size,
-                           args.ray_address, tokens_per_vector)
-            for w in args.workers.split(",")
+            ray_throughput(est, vecs[: args.vectors], args.scale, w, chunk, args.ray_address,
+                           tokens_per_vector)
+            for w in counts
         ]  # fmt: skip
     report(res)
     if args.json:
