@@ -1,0 +1,151 @@
+"""Do solved vectors hit their targets? The 9 SAE-TS tasks at 0.5 x the per-token norm (issue #12).
+
+For each task directory under ``--tasks`` (the SAE-TS paper's concept tasks, read by path):
+
+1. target latents from the task's contrastive texts (``--targets selective``: the comparison's
+   selectivity ranking when it is available, else ``find_features``; top ``--n-features``,
+   L2-normalised weights);
+2. four unit vectors: ``sae_ts`` (the paper's rule on the shipped effect model), ``targeted``
+   (sae-ts's solver), ``sae_latent`` (weighted decoder rows) and ``caa`` (for reference), plus an
+   ``unsteered`` row (scale 0: a second unsteered measurement, the noise floor);
+3. each measured with ``--rollouts`` rollouts per prompt on the 14 effect prompts at
+   ``--fraction`` x the per-token residual norm, every method on the same random streams (paired),
+   against one baseline of ``--baseline-multiplier`` x as many rollouts.
+
+Printed and saved: target effect, target share, off-target norm, predicted target effect and
+cosine(predicted, measured) per task and method, and the bar of issue #12: ``sae_ts`` and
+``targeted`` target share >= the latent's on >= 7/9 tasks, target effect > 0 on all 9.
+
+Example::
+
+    python benchmarks/effect_model_targets.py --json benchmarks/results/effect_model_targets.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from sae_ts.baselines import caa_vector, find_features, sae_latent_vector
+from sae_ts.effect_model import LinearEffectModel, load_default_effect_model
+from sae_ts.effects import EffectConfig, EffectEstimator, typical_residual_norm
+from sae_ts.experiments.comparison import load_task
+from sae_ts.loading import load_default
+from sae_ts.solver import Target, solve, target_stats
+
+REPO = Path(__file__).resolve().parents[1]
+METHODS = ("sae_ts", "targeted", "sae_latent", "caa", "unsteered")
+
+
+def task_target(model, sae, task, n_features: int) -> Target:  # type: ignore[no-untyped-def]
+    """Top latents by the comparison's selection rule, with L2-normalised weights."""
+    try:  # the selectivity ranking of the method comparison (issue #13), when present
+        from sae_ts.experiments.comparison import select_targets  # type: ignore[attr-defined]
+
+        feats = select_targets(model, sae, task, top=n_features)
+    except ImportError:
+        feats = find_features(model, sae, task.pos, task.neg, top=n_features)
+    w = torch.tensor([s for _, s in feats], dtype=torch.float64)
+    w = w / w.norm()
+    return Target.of({int(f): float(x) for (f, _), x in zip(feats, w)})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tasks", type=Path, default=REPO.parent / "shared/datasets/concepts/saets")
+    ap.add_argument("--effect-model", type=Path, default=None, help="default: the shipped one")
+    ap.add_argument("--fraction", type=float, default=0.5)
+    ap.add_argument("--rollouts", type=int, default=8)
+    ap.add_argument("--baseline-multiplier", type=int, default=4)
+    ap.add_argument("--n-features", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"command: python benchmarks/effect_model_targets.py {vars(args)}", flush=True)
+    t0 = time.perf_counter()
+    model, sae = load_default()
+    hook = sae.cfg.metadata.hook_name
+    em = (
+        load_default_effect_model()
+        if args.effect_model is None
+        else LinearEffectModel.load(args.effect_model)
+    )
+    scale = args.fraction * typical_residual_norm(model, hook)
+    cfg = EffectConfig(
+        rollouts=args.rollouts, baseline_multiplier=args.baseline_multiplier, top_p=0.3
+    )
+    est = EffectEstimator(model, sae, config=cfg, seed=args.seed)
+    baseline = est.baseline()
+    tasks = sorted(p for p in args.tasks.iterdir() if (p / "act_steer.json").exists())
+    out: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "scale": scale,
+                 "effect_model": em.record.get("campaign", {}), "tasks": {}}  # fmt: skip
+    for ti, path in enumerate(tasks):
+        task = load_task(path)
+        target = task_target(model, sae, task, args.n_features)
+        vecs = {
+            "sae_ts": solve(em, target, "sae_ts"),
+            "targeted": solve(em, target, "targeted"),
+            "sae_latent": sae_latent_vector(sae, target.raise_),
+            "caa": caa_vector(model, task.pos, task.neg, hook),
+        }
+        V = torch.stack([v.float() / v.float().norm() for v in vecs.values()] + [vecs["caa"]])
+        scales = torch.tensor([scale] * len(vecs) + [0.0])
+        # one stream per task, shared by every method: paired differences
+        means = est.measure(V, scales, vector_ids=[ti] * len(V))
+        rows = {}
+        for name, v, m in zip(METHODS, V, means):
+            eff = m - baseline
+            st = target_stats(eff, target)
+            if name != "unsteered":
+                pred = em.predict(v)
+                st["predicted_target_effect"] = target_stats(pred, target)["target_effect"]
+                st["cosine_pred_measured"] = float(
+                    torch.nn.functional.cosine_similarity(pred, eff, dim=0)
+                )
+            rows[name] = st
+        out["tasks"][path.name] = {"target": target.to_dict(), "rows": rows}
+        print(f"\n{path.name}: target {target.raise_}", flush=True)
+        for name, st in rows.items():
+            print(
+                f"  {name:<11} target effect {st['target_effect']:+.4f}  share "
+                f"{st['target_share']:.3f}  off-target {st['off_target_norm']:.3f}"
+                + (
+                    f"  predicted {st['predicted_target_effect']:+.4f}  cos "
+                    f"{st['cosine_pred_measured']:+.3f}"
+                    if "predicted_target_effect" in st
+                    else ""
+                ),
+                flush=True,
+            )
+    bar = {}
+    for m in ("sae_ts", "targeted"):
+        t = out["tasks"].values()
+        bar[m] = {
+            "share_ge_latent": sum(
+                r["rows"][m]["target_share"] >= r["rows"]["sae_latent"]["target_share"] for r in t
+            ),
+            "positive_target_effect": sum(r["rows"][m]["target_effect"] > 0 for r in t),
+            "tasks": len(out["tasks"]),
+        }
+    out["bar"] = bar
+    out["seconds"] = time.perf_counter() - t0
+    print("\nbar (issue #12: share >= latent on >= 7/9, positive effect on 9/9):")
+    for m, b in bar.items():
+        print(
+            f"  {m:<9} share >= latent on {b['share_ge_latent']}/{b['tasks']}, "
+            f"positive effect on {b['positive_target_effect']}/{b['tasks']}"
+        )
+    print(f"wall time {out['seconds']:.0f} s")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
