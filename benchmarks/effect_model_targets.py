@@ -2,8 +2,7 @@
 
 For each task directory under ``--tasks`` (the SAE-TS paper's concept tasks, read by path):
 
-1. target latents from the task's contrastive texts (``--targets selective``: the comparison's
-   selectivity ranking when it is available, else ``find_features``; top ``--n-features``,
+1. target latents from the task's contrastive texts (``find_features``, top ``--n-features``,
    L2-normalised weights);
 2. four unit vectors: ``sae_ts`` (the paper's rule on the shipped effect model), ``targeted``
    (sae-ts's solver), ``sae_latent`` (weighted decoder rows) and ``caa`` (for reference), plus an
@@ -42,13 +41,8 @@ METHODS = ("sae_ts", "targeted", "sae_latent", "caa", "unsteered")
 
 
 def task_target(model, sae, task, n_features: int) -> Target:  # type: ignore[no-untyped-def]
-    """Top latents by the comparison's selection rule, with L2-normalised weights."""
-    try:  # the selectivity ranking of the method comparison (issue #13), when present
-        from sae_ts.experiments.comparison import select_targets  # type: ignore[attr-defined]
-
-        feats = select_targets(model, sae, task, top=n_features)
-    except ImportError:
-        feats = find_features(model, sae, task.pos, task.neg, top=n_features)
+    """Top latents by ``find_features`` on the task's texts, with L2-normalised weights."""
+    feats = find_features(model, sae, task.pos, task.neg, top=n_features)
     w = torch.tensor([s for _, s in feats], dtype=torch.float64)
     w = w / w.norm()
     return Target.of({int(f): float(x) for (f, _), x in zip(feats, w)})
@@ -77,9 +71,7 @@ def main() -> None:
         else LinearEffectModel.load(args.effect_model)
     )
     scale = args.fraction * typical_residual_norm(model, hook)
-    cfg = EffectConfig(
-        rollouts=args.rollouts, baseline_multiplier=args.baseline_multiplier, top_p=0.3
-    )
+    cfg = EffectConfig(rollouts=args.rollouts, baseline_multiplier=args.baseline_multiplier)
     est = EffectEstimator(model, sae, config=cfg, seed=args.seed)
     baseline = est.baseline()
     tasks = sorted(p for p in args.tasks.iterdir() if (p / "act_steer.json").exists())
