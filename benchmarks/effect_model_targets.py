@@ -2,9 +2,9 @@
 
 For each task directory under ``--tasks`` (the SAE-TS paper's concept tasks, read by path):
 
-1. target latents from the task's contrastive texts (``--targets selective``: the comparison's
-   selectivity ranking when it is available, else ``find_features``; top ``--n-features``,
-   L2-normalised weights);
+1. target latents chosen as the method comparison chooses them (issue #13): the most selective
+   ``--n-features`` latents on the build half of the task's texts, dense latents left out, equal
+   L2-normalised weights (:func:`sae_ts.targets.select_targets`); CAA is built on the same half;
 2. four unit vectors: ``sae_ts`` (the paper's rule on the shipped effect model), ``targeted``
    (sae-ts's solver), ``sae_latent`` (weighted decoder rows) and ``caa`` (for reference), plus an
    ``unsteered`` row (scale 0: a second unsteered measurement, the noise floor);
@@ -30,28 +30,24 @@ from pathlib import Path
 
 import torch
 
-from sae_ts.baselines import caa_vector, find_features, sae_latent_vector
+from sae_ts.baselines import caa_vector, sae_latent_vector
 from sae_ts.effect_model import LinearEffectModel, load_default_effect_model
 from sae_ts.effects import EffectConfig, EffectEstimator, typical_residual_norm
-from sae_ts.experiments.comparison import load_task
+from sae_ts.experiments.compare_tasks import Task, load_task, split_roles
 from sae_ts.loading import load_default
 from sae_ts.solver import Target, solve, target_stats
+from sae_ts.targets import LatentDensity, latent_density, select_targets
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("sae_ts", "targeted", "sae_latent", "caa", "unsteered")
 
 
-def task_target(model, sae, task, n_features: int) -> Target:  # type: ignore[no-untyped-def]
-    """Top latents by the comparison's selection rule, with L2-normalised weights."""
-    try:  # the selectivity ranking of the method comparison (issue #13), when present
-        from sae_ts.experiments.comparison import select_targets  # type: ignore[attr-defined]
-
-        feats = select_targets(model, sae, task, top=n_features)
-    except ImportError:
-        feats = find_features(model, sae, task.pos, task.neg, top=n_features)
-    w = torch.tensor([s for _, s in feats], dtype=torch.float64)
-    w = w / w.norm()
-    return Target.of({int(f): float(x) for (f, _), x in zip(feats, w)})
+def task_target(  # type: ignore[no-untyped-def]
+    model, sae, hook: str, build: Task, n_features: int, density: LatentDensity
+) -> Target:
+    """The comparison's target: top selective latents on the build half, equal L2-normalised weights."""
+    chosen = select_targets(model, sae, build.pos, build.neg, hook, n_features, density)
+    return Target.of({t.latent: t.weight for t in chosen})
 
 
 def main() -> None:
@@ -77,17 +73,16 @@ def main() -> None:
         else LinearEffectModel.load(args.effect_model)
     )
     scale = args.fraction * typical_residual_norm(model, hook)
-    cfg = EffectConfig(
-        rollouts=args.rollouts, baseline_multiplier=args.baseline_multiplier, top_p=0.3
-    )
+    cfg = EffectConfig(rollouts=args.rollouts, baseline_multiplier=args.baseline_multiplier)
     est = EffectEstimator(model, sae, config=cfg, seed=args.seed)
     baseline = est.baseline()
+    density = latent_density(model, sae, hook)
     tasks = sorted(p for p in args.tasks.iterdir() if (p / "act_steer.json").exists())
     out: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "scale": scale,
                  "effect_model": em.record.get("campaign", {}), "tasks": {}}  # fmt: skip
     for ti, path in enumerate(tasks):
-        task = load_task(path)
-        target = task_target(model, sae, task, args.n_features)
+        task = split_roles(load_task(path), args.seed).build
+        target = task_target(model, sae, hook, task, args.n_features, density)
         vecs = {
             "sae_ts": solve(em, target, "sae_ts"),
             "targeted": solve(em, target, "targeted"),

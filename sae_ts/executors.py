@@ -17,6 +17,7 @@ own ids. Ray is optional (``pip install 'sae-ts[ray]'``); it is imported only by
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -218,11 +219,30 @@ class RayExecutor:
                 except Exception:  # already finished or its worker gone: nothing to cancel
                     pass
 
-    def close(self) -> None:
-        """Stop the actors (and Ray, if this executor started it)."""
-        for a in self.actors:
-            self._kill(a)
-        self.actors = []
+    def close(self, release_timeout_s: float = 30.0) -> None:
+        """Stop the actors (and Ray, if this executor started it).
+
+        Ray frees a killed actor's CPUs and GPUs asynchronously; ``close`` waits (up to
+        ``release_timeout_s``) until they are back, so an executor started right after this one
+        sees them free.
+        """
+        actors, self.actors = self.actors, []
+        if not actors:
+            pass
+        elif self._started_ray:  # the shutdown below frees everything
+            for a in actors:
+                self._kill(a)
+        else:
+            ray = self._ray
+            want = min(
+                ray.available_resources().get("CPU", 0) + self.cpus_per_worker * len(actors),
+                ray.cluster_resources().get("CPU", 0),
+            )
+            for a in actors:
+                self._kill(a)
+            deadline = time.monotonic() + release_timeout_s
+            while ray.available_resources().get("CPU", 0) < want and time.monotonic() < deadline:
+                time.sleep(0.05)  # past the deadline, someone else took them: stop waiting
         if self._started_ray:
             self._ray.shutdown()
             self._started_ray = False
