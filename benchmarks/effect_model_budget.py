@@ -62,6 +62,12 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--plot", type=Path, default=None)
     ap.add_argument("--save-model", type=Path, default=None)
+    ap.add_argument(
+        "--target-features",
+        type=Path,
+        default=None,
+        help="a JSON from effect_model_targets.py: also score R² on the latents its targets use",
+    )
     args = ap.parse_args()
     print(f"command: python benchmarks/effect_model_budget.py {vars(args)}")
     train = EffectDataset.load_dir(args.data / "train")
@@ -83,11 +89,17 @@ def main() -> None:
     if len(train) not in sizes:
         sizes.append(len(train))
     y = (ta.effects + tb.effects) / 2
+    features = None
+    if args.target_features:
+        tasks = json.loads(args.target_features.read_text())["tasks"]
+        features = sorted({int(f) for t in tasks.values() for f in t["target"]["raise"]})
+        out["target_features"] = features
+        print(f"target latents ({len(features)}, from {args.target_features}): {features}")
     for n in sizes:
         sub = EffectDataset(train.inputs[:n], train.scales[:n], train.effects[:n], train.baseline)
         # holdout=1 keeps fit_ridge's interface; the real test is the separate held-out set
         em, rep = fit_ridge(sub, holdout=max(1, n // 10), seed=args.seed)
-        ev = evaluate_heldout(em, ta, tb, groups)
+        ev = evaluate_heldout(em, ta, tb, groups, features)
         row = {"n": n, "alpha": rep.alpha, **{g: v for g, v in ev.items()}}
         for g in ("all", "dec", "gauss"):
             idx = [i for i in range(len(ta)) if g == "all" or groups[i] == g]
@@ -113,6 +125,13 @@ def main() -> None:
             f"{row['gauss']['r2']:+.3f}",
             flush=True,
         )
+        if features:
+            print(
+                f"         target latents: R² {a['r2_features']:+.3f}  ceiling "
+                f"{a['ceiling_features']:.3f}  | dec {row['dec']['r2_features']:+.3f} gauss "
+                f"{row['gauss']['r2_features']:+.3f}",
+                flush=True,
+            )
     out["ceiling_vs_rollouts"] = {
         g: ceiling_vs_rollouts(
             ta.effects[[i for i in range(len(ta)) if g == "all" or groups[i] == g]],
@@ -132,7 +151,7 @@ def main() -> None:
         args.json.write_text(json.dumps(out, indent=1))
     if args.save_model:
         em, rep = fit_ridge(train, holdout=max(1, len(train) // 10), seed=args.seed)
-        ev = evaluate_heldout(em, ta, tb, groups)
+        ev = evaluate_heldout(em, ta, tb, groups, features)
         em.record["heldout"] = ev
         em.record["campaign"] = {"n_train": len(train), "scale": scale, "data": "data/effects"}
         # the figures the demo and the docs quote (held-out directions, vs the 4-rollout average)
@@ -157,6 +176,7 @@ def main() -> None:
 
 def plot(out: dict, path: Path) -> None:
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
 
     fig = Figure(figsize=(13, 4))
     ax = fig.add_subplot(1, 3, 1)
@@ -166,8 +186,12 @@ def plot(out: dict, path: Path) -> None:
         ax.fill_between(ns, [f[g]["r2_ci"][0] for f in out["fits"]],
                         [f[g]["r2_ci"][1] for f in out["fits"]], color=c, alpha=0.15)  # fmt: skip
         ax.plot(ns, [f[g]["ceiling"] for f in out["fits"]], "--", color=c, label=f"ceiling ({g})")
-    ax.axvline(576, color="grey", lw=0.8, ls=":")
+    ax.axvline(576, color="grey", lw=0.8, ls=":")  # d_model
+    half = 0.5 * out["fits"][-1]["all"]["ceiling"]
+    ax.axhline(half, color="k", lw=0.8, ls=":", label="½ ceiling (all)")
     ax.set_xscale("log")
+    ax.set_xticks(ns, [f"{n:,}" for n in ns], fontsize=7)
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("training vectors (1 rollout each)")
     ax.set_ylabel("held-out R²")
     ax.set_title(f"fit vs budget (scale {out['scale']:.0f})")

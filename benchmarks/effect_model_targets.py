@@ -65,8 +65,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"command: python benchmarks/effect_model_targets.py {vars(args)}", flush=True)
     t0 = time.perf_counter()
-    model, sae = load_default()
-    hook = sae.cfg.metadata.hook_name
+    model, sae, hook = load_default()
     em = (
         load_default_effect_model()
         if args.effect_model is None
