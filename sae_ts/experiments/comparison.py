@@ -36,6 +36,7 @@ per embedded text: ~1,160 CPU-s per task. Scaled to the ~100 tok/s per core of a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -498,11 +499,26 @@ def run_comparison(
         override = (features or {}).get(Path(d).name, (features or {}).get("*"))
         jobs.append((load_task(d), override))
     ex = executor or LocalExecutor()
-    # the driver loads the judges' models only when the tasks run here
-    local = runner(Loaded(model, sae, hook)) if ex.in_process else cast(_TaskContext, None)
+    # finished tasks are checkpointed under out_dir/tasks/ and reused when everything that decides
+    # their record (protocol, methods, model, SAE, effect model, judges, task texts) is the same
+    run_key = {"config": cfg.to_dict(), "methods": list(methods), "model": model.cfg.model_name,
+               "sae": sae_fingerprint(sae), "norm_unit": norm_unit, "validate": validate,
+               "effect_model": None if em is None else [em_src, em.record.get("fit")],
+               "judges": "offline" if judges is None else repr(judges)}  # fmt: skip
     done: dict[int, dict[str, Any]] = {}
-    for i, rec in ex.imap(_run_task, jobs, local=local, remote=runner):
+    for i, job in enumerate(jobs):
+        rec = _load_task_checkpoint(out, Path(task_dirs[i]).name, _task_key(run_key, *job))
+        if rec is not None:
+            done[i] = rec
+            say(f"{Path(task_dirs[i]).name}: resumed from {out / 'tasks'}")
+    todo = [i for i in range(len(jobs)) if i not in done]
+    # the driver loads the judges' models only when the tasks run here
+    local = runner(Loaded(model, sae, hook)) if ex.in_process and todo else cast(_TaskContext, None)
+    for j, rec in ex.imap(_run_task, [jobs[i] for i in todo], local=local, remote=runner):
+        i = todo[j]
+        rec = json.loads(json.dumps(rec))  # the same record whether run now or resumed
         done[i] = rec
+        _save_task_checkpoint(out, Path(task_dirs[i]).name, _task_key(run_key, *jobs[i]), rec)
         _plot(jobs[i][0], rec, list(methods), out)
         say(
             f"{Path(task_dirs[i]).name}: "
@@ -589,6 +605,41 @@ def _run_task(ctx: _TaskContext, job: tuple[Task, Mapping[int, float] | None]) -
         model, sae, hook, task, r.effect_model, r.methods, r.cfg, ctx.embedder, None, r.judges,
         validators=ctx.validators, norm_unit=r.norm_unit, density=r.density, features=features,
     )  # fmt: skip
+
+
+def _task_key(run_key: Mapping[str, Any], task: Task, features: Mapping[int, float] | None) -> str:
+    """A digest of everything that decides one task's record."""
+    doc = {**run_key, "task": [task.name, task.pos, task.neg, task.score_criterion,
+                               task.coherence_criterion],
+           "features": None if features is None else sorted(map(list, features.items()))}  # fmt: skip
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _load_task_checkpoint(out: Path, name: str, key: str) -> dict[str, Any] | None:
+    """A finished task's record from ``out/tasks/NAME.json``, or ``None`` if absent or stale.
+
+    A checkpoint of another protocol is ignored (it is overwritten when the task finishes); an
+    unreadable one is refused with a clear error rather than silently recomputed over.
+    """
+    path = out / "tasks" / f"{name}.json"
+    if not path.exists():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+        key_found, rec = doc["key"], doc["record"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ConfigError(
+            f"corrupt task checkpoint {path}: {e}; delete it to rerun the task"
+        ) from e
+    return rec if key_found == key else None
+
+
+def _save_task_checkpoint(out: Path, name: str, key: str, rec: Mapping[str, Any]) -> None:
+    path = out / "tasks" / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"key": key, "record": rec}))
+    tmp.replace(path)  # atomic: a killed run leaves the old checkpoint or the new one
 
 
 def _quiet(msg: str) -> None:

@@ -196,7 +196,7 @@ def test_core_pipeline_end_to_end_on_the_real_model(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_compare_on_a_new_task_directory_end_to_end(tmp_path, capsys):
+def test_compare_on_a_new_task_directory_end_to_end(tmp_path, capsys, monkeypatch):
     """`sae-ts compare --task DIR` on a task in the SAE-TS format, as a user runs it (smoke budget;
     the other settings are the defaults: shipped effect model, offline judges, validation)."""
     import json
@@ -230,3 +230,17 @@ def test_compare_on_a_new_task_directory_end_to_end(tmp_path, capsys):
     assert "unsteered" in table and "sae_ts − caa" in table
     printed = capsys.readouterr().out
     assert "saets_space" in printed and "targeted − unsteered" in printed
+
+    # a rerun with the same protocol resumes the finished task from its checkpoint, unchanged
+    import sae_ts.experiments.comparison as comparison
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a checkpointed task was run again")
+
+    monkeypatch.setattr(comparison, "_run_task", must_not_run)
+    rc = main(["compare", "--task", str(task), "--budget", "smoke",
+               "--json", str(out / "r2.json"), "--out-dir", str(out)])  # fmt: skip
+    assert rc == 0
+    assert "resumed" in capsys.readouterr().out
+    again = json.loads((out / "r2.json").read_text())
+    assert again["tasks"] == doc["tasks"] and again["mean"] == doc["mean"]

@@ -9,6 +9,7 @@ import torch
 import sae_ts.experiments.compare_judges as compare_judges
 import sae_ts.experiments.comparison as comparison
 from sae_ts.effect_model import LinearEffectModel
+from sae_ts.errors import ConfigError
 from sae_ts.experiments.compare_stats import aggregate, paired_comparison, split_halves
 from sae_ts.experiments.comparison import (
     CompareConfig,
@@ -244,3 +245,15 @@ def test_compare_task_end_to_end_on_a_tiny_model(tiny, tmp_path, embedder):
     assert rec["judge"]["auroc_build_texts"] >= 0
     assert rec["tokens_generated"] == (1 + 4 * 2 + 1) * 6 * 6
     assert (tmp_path / "out" / "saets_space_sweep.png").exists()
+
+
+def test_task_checkpoints_are_keyed_and_corrupt_ones_refused(tmp_path):
+    assert comparison._load_task_checkpoint(tmp_path, "t", "k1") is None  # none yet
+    comparison._save_task_checkpoint(tmp_path, "t", "k1", {"score": 0.5})
+    assert comparison._load_task_checkpoint(tmp_path, "t", "k1") == {"score": 0.5}
+    assert (
+        comparison._load_task_checkpoint(tmp_path, "t", "k2") is None
+    )  # another protocol: not reused
+    (tmp_path / "tasks" / "t.json").write_text('{"key": "k1", "reco')
+    with pytest.raises(ConfigError, match="corrupt task checkpoint"):
+        comparison._load_task_checkpoint(tmp_path, "t", "k1")
