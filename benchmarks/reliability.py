@@ -4,6 +4,9 @@ python benchmarks/reliability.py --max-items 80 --seed 0  # CAA, SAE-TS and a ra
 python benchmarks/reliability.py --vectors runs/demo/vector_targeted --out-dir runs/rel_saved
 python benchmarks/reliability.py --datasets persona/narcissism --max-items 40 --no-ood  # quick
 
+Each finished dataset is checkpointed under ``OUT_DIR/checkpoints/``; rerunning the same command
+resumes from there (a dataset whose settings changed is recomputed).
+
 Steering at Tan et al.'s positions (--positions), on a strength axis in units of the per-token
 residual norm (the chosen strength keeps the answer format sane) and on Tan's multipliers.
 """
@@ -75,7 +78,8 @@ def main(argv: list[str] | None = None) -> None:
         model, paths, args.hook, vectors,
         {n: out / n / "results.json" for n in vectors}, {n: out / n for n in vectors},
         max_items=args.max_items, train=args.train, seed=args.seed, positions=args.positions,
-        max_ppl_ratio=args.max_ppl_ratio, variants=not args.no_ood, **extra,
+        max_ppl_ratio=args.max_ppl_ratio, variants=not args.no_ood,
+        checkpoint_dir=out / "checkpoints", **extra,
     )  # fmt: skip
     print(f"{time.time() - t0:.0f}s", flush=True)
     names = list(docs)

@@ -26,6 +26,8 @@ ID vs OOD steerability per pair.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -36,8 +38,9 @@ from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from .._util import sha256_file
 from ..artifacts import write_json_atomic
-from ..effects import typical_residual_norm
+from ..effects import sae_fingerprint, typical_residual_norm
 from ..errors import ConfigError
 from ..types import SAELike
 from .reliability import (
@@ -395,13 +398,29 @@ def run_reliability_multi(
     vectors: dict[str, VectorSpec],
     out_json: dict[str, str | Path] | None = None,
     out_dir: dict[str, str | Path] | None = None,
+    checkpoint_dir: str | Path | None = None,
     **kw: Any,
 ) -> dict[str, dict[str, Any]]:
-    """:func:`run_reliability` for several vectors at once (one results document per vector)."""
+    """:func:`run_reliability` for several vectors at once (one results document per vector).
+
+    ``checkpoint_dir``: each finished dataset's records are saved there, and a rerun with the
+    same model, hook, vectors, settings and dataset file reuses them instead of recomputing.
+    """
     kw.setdefault("residual_norm", typical_residual_norm(model, hook_name))
     per: dict[str, dict[str, dict[str, Any]]] = {n: {} for n in vectors}
     for p in tqdm(list(datasets), desc="datasets"):
-        recs = analyse_dataset_multi(model, p, hook_name, vectors, **kw)
+        key = _dataset_key(model, p, hook_name, vectors, kw) if checkpoint_dir else ""
+        ckpt = Path(checkpoint_dir) / f"{Path(p).stem}.json" if checkpoint_dir else None
+        recs = _load_checkpoint(ckpt, key) if ckpt else None
+        if recs is None:
+            # through JSON, so a fresh record and a resumed one are the same objects
+            recs = json.loads(
+                json.dumps(
+                    analyse_dataset_multi(model, p, hook_name, vectors, **kw), default=_plain
+                )
+            )
+            if ckpt:
+                write_json_atomic(ckpt, {"key": key, "records": recs})
         for n in vectors:
             per[n][Path(p).stem] = recs[n]
     docs: dict[str, dict[str, Any]] = {}
@@ -441,3 +460,46 @@ def run_reliability_multi(
             write_json_atomic(Path(out_json[n]), doc)
         docs[n] = doc
     return docs
+
+
+def _plain(o: Any) -> Any:
+    """JSON fallback: numpy and torch scalars to Python numbers, anything else to its str."""
+    return o.item() if hasattr(o, "item") else str(o)
+
+
+def _dataset_key(
+    model: HookedTransformer,
+    path: str | Path,
+    hook_name: str,
+    vectors: dict[str, VectorSpec],
+    kw: dict[str, Any],
+) -> str:
+    """A digest of everything that decides one dataset's records."""
+    vecs = {
+        n: v
+        if isinstance(v, str)
+        else hashlib.sha256(v.detach().cpu().float().numpy().tobytes()).hexdigest()
+        for n, v in vectors.items()
+    }
+    settings = {k: v for k, v in kw.items() if k not in ("sae", "effect_model")}
+    if kw.get("sae") is not None:
+        settings["sae"] = sae_fingerprint(kw["sae"])
+    if kw.get("effect_model") is not None:
+        settings["effect_model"] = hashlib.sha256(
+            kw["effect_model"].W.detach().cpu().float().numpy().tobytes()
+        ).hexdigest()
+    doc = {"model": model.cfg.model_name, "hook": hook_name, "vectors": vecs,
+           "settings": settings, "dataset": sha256_file(Path(path))}  # fmt: skip
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=_plain).encode()).hexdigest()
+
+
+def _load_checkpoint(path: Path, key: str) -> dict[str, Any] | None:
+    """A dataset's records from its checkpoint, ``None`` if absent or of other settings."""
+    if not path.exists():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+        found, recs = doc["key"], doc["records"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ConfigError(f"corrupt checkpoint {path}: {e}; delete it to rerun the dataset") from e
+    return recs if found == key else None

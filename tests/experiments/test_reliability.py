@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from sae_ts.errors import ConfigError
 from sae_ts.experiments.reliability import (
     MCItem,
     answer_layout,
@@ -381,3 +382,25 @@ def test_vectors_are_compared_at_equal_norm(tiny):
         analyse_dataset(tiny, ds, HOOK, "sae_ts", **kw)
     with pytest.raises(ValueError, match="unknown vector"):
         analyse_dataset(tiny, ds, HOOK, "bogus", **kw)
+
+
+def test_report_resumes_finished_datasets(tiny, tmp_path, monkeypatch):
+    import sae_ts.experiments.reliability_report as report
+    from tests.conftest import REPO
+
+    ds = [REPO / "tests" / "fixtures" / "kindness_persona.jsonl"]
+    kw = dict(max_items=None, multipliers=(-1.0, 0.0, 1.0), strengths=(-0.5, 0.0, 0.5),
+              variants=False, checkpoint_dir=tmp_path / "ckpt")  # fmt: skip
+    first = report.run_reliability(tiny, ds, HOOK, "caa", **kw)
+    assert (tmp_path / "ckpt" / "kindness_persona.json").exists()
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a checkpointed dataset was analysed again")
+
+    monkeypatch.setattr(report, "analyse_dataset_multi", must_not_run)
+    assert report.run_reliability(tiny, ds, HOOK, "caa", **kw) == first
+    with pytest.raises(AssertionError, match="analysed again"):  # other settings: recomputed
+        report.run_reliability(tiny, ds, HOOK, "caa", **{**kw, "seed": 1})
+    (tmp_path / "ckpt" / "kindness_persona.json").write_text("{")
+    with pytest.raises(ConfigError, match="corrupt checkpoint"):
+        report.run_reliability(tiny, ds, HOOK, "caa", **kw)
