@@ -502,7 +502,7 @@ def run_comparison(
     # finished tasks are checkpointed under out_dir/tasks/ and reused when everything that decides
     # their record (protocol, methods, model, SAE, effect model, judges, task texts) is the same
     run_key = {"config": cfg.to_dict(), "methods": list(methods), "model": model.cfg.model_name,
-               "sae": sae_fingerprint(sae), "norm_unit": norm_unit, "validate": validate,
+               "sae": sae_fingerprint(sae), "norm_unit": round(norm_unit, 3), "validate": validate,
                "effect_model": None if em is None else [em_src, em.record.get("fit")],
                "judges": "offline" if judges is None else repr(judges)}  # fmt: skip
     done: dict[int, dict[str, Any]] = {}
