@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--budget", choices=["smoke", "quick", "full"], default="full")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--effect-model", default="default")
-    ap.add_argument("--out-dir", default="runs/compare_full")
+    ap.add_argument("--out-dir", default="benchmarks/results/compare_full")
     ap.add_argument("--validate-judges", action="store_true", help="only validate the judge")
     args = ap.parse_args(argv)
     tasks = sorted(p for p in Path(args.tasks_dir).iterdir() if (p / "act_steer.json").exists())
