@@ -12,12 +12,14 @@ on generated text (agreement with independent judges) is part of the full run.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from sae_ts.artifacts import write_json_atomic
 from sae_ts.experiments.comparison import METHODS, load_task, run_comparison
 
 TASKS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "concepts" / "saets"
@@ -159,6 +161,53 @@ def validate_judges(tasks: list[Path], out: Path, seed: int = 0) -> dict:
     return res
 
 
+def _strings(obj: object) -> list[str]:
+    if isinstance(obj, str):
+        return [obj]
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in _strings(v)]
+    if isinstance(obj, list):
+        return [t for v in obj for t in _strings(v)]
+    return []
+
+
+def redact_task_texts(path: Path, task_dirs: list[Path], min_chars: int = 20) -> int:
+    """Rewrite the JSON at ``path`` with every task text replaced by a reference to it.
+
+    The records name the texts each role used and the latents' top contexts, which come from the
+    third-party task files; the committed copy must not hold them. Each string that contains a text
+    of ``act_steer.json`` or ``criteria.json`` of at least ``min_chars`` characters, or is a
+    shorter one, becomes ``"[<task>/<file> text sha256:<12 hex>]"``, so a reader with the files can
+    still match it. The full records stay in the run's ignored ``tasks/`` checkpoints. Returns the
+    number of strings replaced.
+    """
+    texts: dict[str, str] = {}
+    for d in task_dirs:
+        for name in ("act_steer.json", "criteria.json"):
+            for t in _strings(json.loads((d / name).read_text())):
+                digest = hashlib.sha256(t.encode()).hexdigest()[:12]
+                texts[t.strip()] = f"[{d.name}/{name} text sha256:{digest}]"
+    n = 0
+
+    def walk(o: object) -> object:
+        nonlocal n
+        if isinstance(o, str):
+            hit = texts.get(o.strip()) or next(
+                (ref for t, ref in texts.items() if len(t) >= min_chars and t in o), None
+            )
+            n += hit is not None
+            return hit or o
+        if isinstance(o, dict):
+            return {k: walk(v) for k, v in o.items()}
+        if isinstance(o, list):
+            return [walk(v) for v in o]
+        return o
+
+    doc = walk(json.loads(path.read_text()))
+    write_json_atomic(path, doc)
+    return n
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -187,6 +236,8 @@ def main(argv: list[str] | None = None) -> None:
         Path(args.out_dir) / "results.json",
         log=lambda msg: print(msg, flush=True),
     )
+    n = redact_task_texts(Path(args.out_dir) / "results.json", tasks)
+    print(f"results.json: {n} task texts replaced by references (full records in tasks/)")
     print(doc["table"], doc["differences"], sep="\n\n")
     print(f"{doc['config']['seconds']:.0f} s, {doc['config']['tokens_generated']} generated tokens")
 

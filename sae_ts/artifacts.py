@@ -22,7 +22,15 @@ from safetensors.torch import load_file, save_file
 
 from .errors import ArtifactError
 
-__all__ = ["ArtifactError", "load_artifact", "save_artifact", "versions", "write_json_atomic"]
+__all__ = [
+    "ArtifactError",
+    "load_artifact",
+    "read_checkpoint",
+    "save_artifact",
+    "versions",
+    "write_checkpoint",
+    "write_json_atomic",
+]
 
 FORMAT_VERSION = 1
 
@@ -55,6 +63,35 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_checkpoint(path: Path, key: str, payload: Any) -> None:
+    """Save a finished unit of a long job as ``{"key": key, "payload": payload}``, atomically.
+
+    ``key`` is a digest of everything that decides ``payload``; :func:`read_checkpoint` reuses the
+    payload only under the same key.
+    """
+    write_json_atomic(path, {"key": key, "payload": payload})
+
+
+def read_checkpoint(path: Path, key: str, what: str = "checkpoint") -> Any | None:
+    """The payload saved by :func:`write_checkpoint`, or ``None`` if absent or of another key.
+
+    A checkpoint of other settings is ignored (the job overwrites it when the unit finishes); an
+    unreadable one raises :class:`ArtifactError` naming the file, rather than being silently
+    recomputed over. ``what`` names the unit in that error (``"task checkpoint"``).
+    """
+    if not path.exists():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+        found = doc["key"]
+        # checkpoints written before write_checkpoint existed named the payload per job
+        field = next((f for f in ("record", "records") if f in doc), "payload")
+        payload = doc[field]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ArtifactError(f"corrupt {what} {path}: {e}; delete it to recompute it") from e
+    return payload if found == key else None
 
 
 def save_artifact(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sae_ts.artifacts import load_artifact, save_artifact
+from sae_ts.artifacts import load_artifact, read_checkpoint, save_artifact, write_checkpoint
 from sae_ts.errors import ArtifactError
 from sae_ts.steering import SteeringVector
 
@@ -32,3 +32,20 @@ def test_corrupt_artifacts_are_clear_errors(tmp_path):
         SteeringVector.load(tmp_path / "w")
     with pytest.raises(ArtifactError, match="no artefact"):
         SteeringVector.load(tmp_path / "missing")
+
+
+def test_checkpoints_are_keyed_atomic_and_corrupt_ones_refused(tmp_path):
+    path = tmp_path / "tasks" / "t.json"
+    assert read_checkpoint(path, "k1") is None  # none yet
+    write_checkpoint(path, "k1", {"score": 0.5})
+    assert read_checkpoint(path, "k1") == {"score": 0.5}
+    assert read_checkpoint(path, "k2") is None  # other settings: not reused
+    assert [p.name for p in path.parent.iterdir()] == ["t.json"]  # no temporary file left
+    path.write_text('{"key": "k1", "record": [1, 2]}')  # the per-job field of older checkpoints
+    assert read_checkpoint(path, "k1") == [1, 2]
+    path.write_text('{"key": "k1", "reco')
+    with pytest.raises(ArtifactError, match=r"corrupt task checkpoint .*t\.json"):
+        read_checkpoint(path, "k1", "task checkpoint")
+    path.write_text('{"key": "k1"}')
+    with pytest.raises(ArtifactError, match="corrupt checkpoint"):
+        read_checkpoint(path, "k1")

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from transformer_lens import HookedTransformer
 
+from ..artifacts import read_checkpoint, write_checkpoint
 from ..baselines import caa_vector, sae_latent_vector
 from ..effect_model import DEFAULT_EFFECT_MODEL, LinearEffectModel, load_default_effect_model
 from ..effects import sae_fingerprint, typical_residual_norm
@@ -507,7 +508,8 @@ def run_comparison(
                "judges": "offline" if judges is None else repr(judges)}  # fmt: skip
     done: dict[int, dict[str, Any]] = {}
     for i, job in enumerate(jobs):
-        rec = _load_task_checkpoint(out, Path(task_dirs[i]).name, _task_key(run_key, *job))
+        path, key = _checkpoint_path(out, Path(task_dirs[i]).name), _task_key(run_key, *job)
+        rec = read_checkpoint(path, key, "task checkpoint")
         if rec is not None:
             done[i] = rec
             say(f"{Path(task_dirs[i]).name}: resumed from {out / 'tasks'}")
@@ -518,7 +520,9 @@ def run_comparison(
         i = todo[j]
         rec = json.loads(json.dumps(rec))  # the same record whether run now or resumed
         done[i] = rec
-        _save_task_checkpoint(out, Path(task_dirs[i]).name, _task_key(run_key, *jobs[i]), rec)
+        write_checkpoint(
+            _checkpoint_path(out, Path(task_dirs[i]).name), _task_key(run_key, *jobs[i]), rec
+        )
         _plot(jobs[i][0], rec, list(methods), out)
         say(
             f"{Path(task_dirs[i]).name}: "
@@ -615,31 +619,9 @@ def _task_key(run_key: Mapping[str, Any], task: Task, features: Mapping[int, flo
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _load_task_checkpoint(out: Path, name: str, key: str) -> dict[str, Any] | None:
-    """A finished task's record from ``out/tasks/NAME.json``, or ``None`` if absent or stale.
-
-    A checkpoint of another protocol is ignored (it is overwritten when the task finishes); an
-    unreadable one is refused with a clear error rather than silently recomputed over.
-    """
-    path = out / "tasks" / f"{name}.json"
-    if not path.exists():
-        return None
-    try:
-        doc = json.loads(path.read_text())
-        key_found, rec = doc["key"], doc["record"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ConfigError(
-            f"corrupt task checkpoint {path}: {e}; delete it to rerun the task"
-        ) from e
-    return rec if key_found == key else None
-
-
-def _save_task_checkpoint(out: Path, name: str, key: str, rec: Mapping[str, Any]) -> None:
-    path = out / "tasks" / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"key": key, "record": rec}))
-    tmp.replace(path)  # atomic: a killed run leaves the old checkpoint or the new one
+def _checkpoint_path(out: Path, name: str) -> Path:
+    """Where a finished task's record is kept: ``out/tasks/NAME.json``."""
+    return out / "tasks" / f"{name}.json"
 
 
 def _quiet(msg: str) -> None:

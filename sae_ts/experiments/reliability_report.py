@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from .._util import sha256_file
-from ..artifacts import write_json_atomic
+from ..artifacts import read_checkpoint, write_checkpoint, write_json_atomic
 from ..effects import sae_fingerprint, typical_residual_norm
 from ..errors import ConfigError
 from ..types import SAELike
@@ -411,7 +411,7 @@ def run_reliability_multi(
     for p in tqdm(list(datasets), desc="datasets"):
         key = _dataset_key(model, p, hook_name, vectors, kw) if checkpoint_dir else ""
         ckpt = Path(checkpoint_dir) / f"{Path(p).stem}.json" if checkpoint_dir else None
-        recs = _load_checkpoint(ckpt, key) if ckpt else None
+        recs = read_checkpoint(ckpt, key) if ckpt else None
         if recs is None:
             # through JSON, so a fresh record and a resumed one are the same objects
             recs = json.loads(
@@ -420,7 +420,7 @@ def run_reliability_multi(
                 )
             )
             if ckpt:
-                write_json_atomic(ckpt, {"key": key, "records": recs})
+                write_checkpoint(ckpt, key, recs)
         for n in vectors:
             per[n][Path(p).stem] = recs[n]
     docs: dict[str, dict[str, Any]] = {}
@@ -491,15 +491,3 @@ def _dataset_key(
     doc = {"model": model.cfg.model_name, "hook": hook_name, "vectors": vecs,
            "settings": settings, "dataset": sha256_file(Path(path))}  # fmt: skip
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=_plain).encode()).hexdigest()
-
-
-def _load_checkpoint(path: Path, key: str) -> dict[str, Any] | None:
-    """A dataset's records from its checkpoint, ``None`` if absent or of other settings."""
-    if not path.exists():
-        return None
-    try:
-        doc = json.loads(path.read_text())
-        found, recs = doc["key"], doc["records"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ConfigError(f"corrupt checkpoint {path}: {e}; delete it to rerun the dataset") from e
-    return recs if found == key else None

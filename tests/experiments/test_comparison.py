@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +10,6 @@ import torch
 import sae_ts.experiments.compare_judges as compare_judges
 import sae_ts.experiments.comparison as comparison
 from sae_ts.effect_model import LinearEffectModel
-from sae_ts.errors import ConfigError
 from sae_ts.experiments.compare_stats import aggregate, paired_comparison, split_halves
 from sae_ts.experiments.comparison import (
     CompareConfig,
@@ -247,13 +247,12 @@ def test_compare_task_end_to_end_on_a_tiny_model(tiny, tmp_path, embedder):
     assert (tmp_path / "out" / "saets_space_sweep.png").exists()
 
 
-def test_task_checkpoints_are_keyed_and_corrupt_ones_refused(tmp_path):
-    assert comparison._load_task_checkpoint(tmp_path, "t", "k1") is None  # none yet
-    comparison._save_task_checkpoint(tmp_path, "t", "k1", {"score": 0.5})
-    assert comparison._load_task_checkpoint(tmp_path, "t", "k1") == {"score": 0.5}
-    assert (
-        comparison._load_task_checkpoint(tmp_path, "t", "k2") is None
-    )  # another protocol: not reused
-    (tmp_path / "tasks" / "t.json").write_text('{"key": "k1", "reco')
-    with pytest.raises(ConfigError, match="corrupt task checkpoint"):
-        comparison._load_task_checkpoint(tmp_path, "t", "k1")
+def test_task_key_changes_with_everything_that_decides_the_record():
+    task = comparison.Task("t", ["a pos text"], ["a neg text"], "score", "coherence")
+    base = comparison._task_key({"seed": 0}, task, None)
+    assert base == comparison._task_key({"seed": 0}, task, None)  # deterministic
+    other_texts = comparison.Task("t", ["another pos text"], ["a neg text"], "score", "coherence")
+    assert comparison._task_key({"seed": 0}, other_texts, None) != base
+    assert comparison._task_key({"seed": 1}, task, None) != base  # protocol
+    assert comparison._task_key({"seed": 0}, task, {3: 1.0}) != base  # manual target
+    assert comparison._checkpoint_path(Path("out"), "t") == Path("out/tasks/t.json")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sae_ts.errors import ConfigError
+from sae_ts.errors import ArtifactError
 from sae_ts.experiments.reliability import (
     MCItem,
     answer_layout,
@@ -402,5 +402,5 @@ def test_report_resumes_finished_datasets(tiny, tmp_path, monkeypatch):
     with pytest.raises(AssertionError, match="analysed again"):  # other settings: recomputed
         report.run_reliability(tiny, ds, HOOK, "caa", **{**kw, "seed": 1})
     (tmp_path / "ckpt" / "kindness_persona.json").write_text("{")
-    with pytest.raises(ConfigError, match="corrupt checkpoint"):
+    with pytest.raises(ArtifactError, match="corrupt checkpoint"):
         report.run_reliability(tiny, ds, HOOK, "caa", **kw)
