@@ -175,16 +175,18 @@ def redact_task_texts(path: Path, task_dirs: list[Path], min_chars: int = 20) ->
     """Rewrite the JSON at ``path`` with every task text replaced by a reference to it.
 
     The records name the texts each role used and the latents' top contexts, which come from the
-    third-party task files; the committed copy must not hold them. Each string that contains a text
-    of ``act_steer.json`` or ``criteria.json`` of at least ``min_chars`` characters, or is a
-    shorter one, becomes ``"[<task>/<file> text sha256:<12 hex>]"``, so a reader with the files can
-    still match it. The full records stay in the run's ignored ``tasks/`` checkpoints. Returns the
-    number of strings replaced.
+    third-party task files; the committed copy must not hold them. Each string that contains a
+    prose text of ``act_steer.json`` or ``criteria.json`` of at least ``min_chars`` characters, or
+    is a shorter one, becomes ``"[<task>/<file> text sha256:<12 hex>]"``, so a reader with the
+    files can still match it; identifiers such as a hook name are kept. The full records stay in
+    the run's ignored ``tasks/`` checkpoints. Returns the number of strings replaced.
     """
     texts: dict[str, str] = {}
     for d in task_dirs:
         for name in ("act_steer.json", "criteria.json"):
             for t in _strings(json.loads((d / name).read_text())):
+                if not any(c.isspace() for c in t.strip()):
+                    continue  # an identifier (a hook name, a task name), not a text
                 digest = hashlib.sha256(t.encode()).hexdigest()[:12]
                 texts[t.strip()] = f"[{d.name}/{name} text sha256:{digest}]"
     n = 0
