@@ -403,14 +403,16 @@ def run_reliability_multi(
 ) -> dict[str, dict[str, Any]]:
     """:func:`run_reliability` for several vectors at once (one results document per vector).
 
-    ``checkpoint_dir``: each finished dataset's records are saved there, and a rerun with the
-    same model, hook, vectors, settings and dataset file reuses them instead of recomputing.
+    ``checkpoint_dir``: each finished dataset's records are saved there, in a file named by the
+    digest of the model, hook, vectors, settings and dataset file; a rerun with the same ones
+    reuses them instead of recomputing.
     """
     kw.setdefault("residual_norm", typical_residual_norm(model, hook_name))
     per: dict[str, dict[str, dict[str, Any]]] = {n: {} for n in vectors}
     for p in tqdm(list(datasets), desc="datasets"):
         key = _dataset_key(model, p, hook_name, vectors, kw) if checkpoint_dir else ""
-        ckpt = Path(checkpoint_dir) / f"{Path(p).stem}.json" if checkpoint_dir else None
+        # named by the key, not the dataset: a file is found only by the settings that made it
+        ckpt = Path(checkpoint_dir) / f"{key[:16]}.json" if checkpoint_dir else None
         recs = read_checkpoint(ckpt, key) if ckpt else None
         if recs is None:
             # through JSON, so a fresh record and a resumed one are the same objects

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 import numpy as np
@@ -392,7 +393,8 @@ def test_report_resumes_finished_datasets(tiny, tmp_path, monkeypatch):
     kw = dict(max_items=None, multipliers=(-1.0, 0.0, 1.0), strengths=(-0.5, 0.0, 0.5),
               variants=False, checkpoint_dir=tmp_path / "ckpt")  # fmt: skip
     first = report.run_reliability(tiny, ds, HOOK, "caa", **kw)
-    assert (tmp_path / "ckpt" / "kindness_persona.json").exists()
+    (ckpt,) = (tmp_path / "ckpt").iterdir()  # named by the settings' digest, not the dataset
+    assert re.fullmatch(r"[0-9a-f]{16}\.json", ckpt.name)
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("a checkpointed dataset was analysed again")
@@ -401,6 +403,6 @@ def test_report_resumes_finished_datasets(tiny, tmp_path, monkeypatch):
     assert report.run_reliability(tiny, ds, HOOK, "caa", **kw) == first
     with pytest.raises(AssertionError, match="analysed again"):  # other settings: recomputed
         report.run_reliability(tiny, ds, HOOK, "caa", **{**kw, "seed": 1})
-    (tmp_path / "ckpt" / "kindness_persona.json").write_text("{")
+    ckpt.write_text("{")
     with pytest.raises(ArtifactError, match="corrupt checkpoint"):
         report.run_reliability(tiny, ds, HOOK, "caa", **kw)
