@@ -36,6 +36,52 @@ DEFAULT = [
 ]  # fmt: skip
 
 
+def _ci(st: dict) -> str:
+    return f"{st['mean']:+.2f} [{st['ci95'][0]:+.2f}, {st['ci95'][1]:+.2f}]"
+
+
+def markdown_table(summary: dict, persona: set[str] | None = None) -> str:
+    """The README's per-dataset table from ``summary.json``, and the issue's bar on the persona sets.
+
+    One row per dataset: the chosen strength (with the answer format's perplexity ratio there),
+    CAA's mean slope with its 95% CI and per layout, CAA's anti-steerable fraction and spurious
+    shares, the other vectors' mean slopes, the median |slope| of each and CAA's split-half cosine.
+    ``persona``: the dataset names the bar counts (default: those under ``mwe/persona/``).
+    """
+    if persona is None:
+        persona = {p.stem for p in (MWE / "persona").glob("*.jsonl")}
+    vecs = summary["vectors"]
+    others = [n for n in vecs if n != "caa"]
+    head = (
+        ["dataset", "s chosen (format ppl ×)", "CAA mean slope [95% CI]",
+         "CAA by layout (A/no, A/yes, B/no, B/yes)", "CAA anti-steerable, A/B, Y/N"]
+        + [f"{n} mean [95% CI]" for n in others]
+        + ["median \\|slope\\| " + " / ".join(vecs), "CAA split-half cos"]
+    )  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    n_persona = hits = 0
+    for name, caa in vecs["caa"].items():
+        st, sp, sg = caa["steerability"], caa["spurious"], caa["strength"]
+        ppl = next(r["ppl_ratio"] for r in sg["sweep"] if r["strength"] == sg["chosen"])
+        lay = ", ".join(f"{st['by_layout'][k]['mean']:+.2f}" for k in sorted(st["by_layout"]))
+        med = " / ".join(
+            f"{vecs[n][name]['steerability']['abs_quantiles']['0.5']:.2f}" for n in vecs
+        )
+        row = [
+            name, f"{sg['chosen']:g} ({ppl:.2f})", _ci(st), lay,
+            f"{st['anti_steerable_fraction']:.2f}, {sp['ab']:.2f}, {sp['yes_no']:.2f}",
+            *[_ci(vecs[n][name]["steerability"]) for n in others],
+            med, f"{caa['caa_split_half_cosine']:.2f}",
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(row) + " |")
+        if name in persona:
+            n_persona += 1
+            hits += bool(st["ci95"][0] > 0 or st["ci95"][1] < 0)
+    lines += ["", f"CAA's 95% CI excludes 0 on {hits} of {n_persona} persona sets "
+              f"(the issue's bar: at least half). Command: `{summary['command']}`, seed {summary['seed']}."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -123,6 +169,9 @@ def main(argv: list[str] | None = None) -> None:
         "across_datasets": {n: docs[n]["across_datasets"] for n in names},
     }
     (Path(args.out_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
+    table = markdown_table(summary)
+    (Path(args.out_dir) / "table.md").write_text(table)
+    print(table)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,58 @@
+"""The reliability benchmark's Markdown table: one row per dataset, and the issue's bar counted."""
+
+from __future__ import annotations
+
+import importlib.util
+
+from tests.conftest import REPO
+
+
+def _load_benchmark():
+    spec = importlib.util.spec_from_file_location(
+        "reliability_bench", REPO / "benchmarks" / "reliability.py"
+    )
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _record(mean: float, lo: float, hi: float, chosen: float = 0.5) -> dict:
+    layouts = {"A/no": 1.0, "A/yes": 0.5, "B/no": -0.25, "B/yes": -1.0}
+    return {
+        "steerability": {
+            "mean": mean, "ci95": [lo, hi], "anti_steerable_fraction": 0.4,
+            "by_layout": {k: {"mean": v} for k, v in layouts.items()},
+            "abs_quantiles": {"0.5": abs(mean) + 1.0},
+        },
+        "spurious": {"ab": 0.6, "yes_no": 0.1},
+        "strength": {"chosen": chosen, "sweep": [
+            {"strength": 0.25, "ppl_ratio": 1.2}, {"strength": chosen, "ppl_ratio": 1.75}]},
+        "caa_split_half_cosine": 0.2,
+    }  # fmt: skip
+
+
+def test_table_has_a_row_per_dataset_and_counts_the_persona_bar():
+    bench = _load_benchmark()
+    summary = {
+        "command": "python benchmarks/reliability.py --seed 3",
+        "seed": 3,
+        "vectors": {
+            "caa": {"p1": _record(0.3, 0.1, 0.5), "p2": _record(0.1, -0.2, 0.4),
+                    "risk": _record(-0.4, -0.6, -0.2)},
+            "random": {"p1": _record(0.0, -1.0, 1.0), "p2": _record(0.0, -1.0, 1.0),
+                       "risk": _record(0.0, -1.0, 1.0)},
+        },
+    }  # fmt: skip
+    table = bench.markdown_table(summary, persona={"p1", "p2"})
+    rows = [line for line in table.splitlines() if line.startswith("| p") or "| risk" in line]
+    assert [r.split(" | ")[0] for r in rows] == ["| p1", "| p2", "| risk"]
+    p1 = rows[0].split(" | ")
+    assert p1[1] == "0.5 (1.75)"  # chosen strength and the perplexity ratio read at it
+    assert p1[2] == "+0.30 [+0.10, +0.50]"
+    assert p1[3] == "+1.00, +0.50, -0.25, -1.00"
+    assert p1[5] == "+0.00 [-1.00, +1.00]"  # the random direction's column
+    assert p1[6] == "1.30 / 1.00"
+    # the AI-risk set's CI excludes 0 too, but the bar counts persona sets only
+    assert "excludes 0 on 1 of 2 persona sets" in table
+    assert "--seed 3" in table
