@@ -54,7 +54,7 @@ def markdown_table(summary: dict, persona: set[str] | None = None) -> str:
     others = [n for n in vecs if n != "caa"]
     head = (
         ["dataset", "s chosen (format ppl ×)", "CAA mean slope [95% CI]",
-         "CAA by layout (A/no, A/yes, B/no, B/yes)", "CAA anti-steerable, A/B, Y/N"]
+         "CAA mean slope by layout", "CAA anti-steerable, A/B, Y/N"]
         + [f"{n} mean [95% CI]" for n in others]
         + ["median \\|slope\\| " + " / ".join(vecs), "CAA split-half cos"]
     )  # fmt: skip
@@ -63,7 +63,7 @@ def markdown_table(summary: dict, persona: set[str] | None = None) -> str:
     for name, caa in vecs["caa"].items():
         st, sp, sg = caa["steerability"], caa["spurious"], caa["strength"]
         ppl = next(r["ppl_ratio"] for r in sg["sweep"] if r["strength"] == sg["chosen"])
-        lay = ", ".join(f"{st['by_layout'][k]['mean']:+.2f}" for k in sorted(st["by_layout"]))
+        lay = ", ".join(f"{k} {st['by_layout'][k]['mean']:+.2f}" for k in sorted(st["by_layout"]))
         med = " / ".join(
             f"{vecs[n][name]['steerability']['abs_quantiles']['0.5']:.2f}" for n in vecs
         )

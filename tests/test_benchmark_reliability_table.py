@@ -50,7 +50,7 @@ def test_table_has_a_row_per_dataset_and_counts_the_persona_bar():
     p1 = rows[0].split(" | ")
     assert p1[1] == "0.5 (1.75)"  # chosen strength and the perplexity ratio read at it
     assert p1[2] == "+0.30 [+0.10, +0.50]"
-    assert p1[3] == "+1.00, +0.50, -0.25, -1.00"
+    assert p1[3] == "A/no +1.00, A/yes +0.50, B/no -0.25, B/yes -1.00"
     assert p1[5] == "+0.00 [-1.00, +1.00]"  # the random direction's column
     assert p1[6] == "1.30 / 1.00"
     # the AI-risk set's CI excludes 0 too, but the bar counts persona sets only
