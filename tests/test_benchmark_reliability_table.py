@@ -24,6 +24,7 @@ def _record(mean: float, lo: float, hi: float, chosen: float = 0.5) -> dict:
             "mean": mean, "ci95": [lo, hi], "anti_steerable_fraction": 0.4,
             "by_layout": {k: {"mean": v} for k, v in layouts.items()},
             "abs_quantiles": {"0.5": abs(mean) + 1.0},
+            "letter_adjusted": {"identified": True, "mean": mean / 2, "ci95": [lo / 2, hi]},
         },
         "spurious": {"ab": 0.6, "yes_no": 0.1},
         "strength": {"chosen": chosen, "sweep": [
@@ -45,7 +46,8 @@ def test_table_has_a_row_per_dataset_and_counts_the_persona_bar():
         },
     }  # fmt: skip
     table = bench.markdown_table(summary, persona={"p1", "p2"})
-    rows = [line for line in table.splitlines() if line.startswith("| p") or "| risk" in line]
+    main = table.split("Letter-adjusted")[0].splitlines()  # the first table
+    rows = [line for line in main if line.startswith("| p") or "| risk" in line]
     assert [r.split(" | ")[0] for r in rows] == ["| p1", "| p2", "| risk"]
     p1 = rows[0].split(" | ")
     assert p1[1] == "0.5 (1.75)"  # chosen strength and the perplexity ratio read at it
@@ -56,3 +58,6 @@ def test_table_has_a_row_per_dataset_and_counts_the_persona_bar():
     # the AI-risk set's CI excludes 0 too, but the bar counts persona sets only
     assert "excludes 0 on 1 of 2 persona sets" in table
     assert "--seed 3" in table
+    assert "| p1 | +0.15 [+0.05, +0.50] | +0.00 [-0.50, +1.00] |" in table  # letter-adjusted
+    summary["vectors"]["random"]["p2"]["steerability"]["letter_adjusted"] = {"identified": False}
+    assert "| p2 | +0.05 [-0.10, +0.40] | not identified |" in bench.markdown_table(summary)

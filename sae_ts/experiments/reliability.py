@@ -43,6 +43,7 @@ __all__ = [
     "answer_layout",
     "chat_prompt",
     "layout_counts",
+    "letter_adjusted",
     "letter_id",
     "load_mwe",
     "mc_prompt",
@@ -389,6 +390,48 @@ def slope_summary(slopes: np.ndarray, items: Sequence[MCItem], seed: int = 0) ->
         "mean_abs": float(a.mean()),
         "abs_quantiles": {f"{q:g}": float(np.quantile(a, q)) for q in ABS_QUANTILES},
         "by_layout": by_layout,
+    }
+
+
+def letter_adjusted(
+    slopes: np.ndarray, items: Sequence[MCItem], seed: int = 0, n_resamples: int = 2000
+) -> dict[str, Any]:
+    """Steerability with the answer letters' own effect removed (a letter-adjusted mean slope).
+
+    A direction that only favours a letter ``L`` adds ``d_L`` to that letter's logit, so it gives
+    an item the slope ``d_pos - d_neg``. The fit is the OLS ``slope ~ c + sum_L d_L * x_L`` with
+    ``x_L = [pos is L] - [neg is L]`` (one letter is the reference); ``mean`` is ``c``, the part
+    of the slope that does not depend on which letter is positive. On balanced A/B layouts it is
+    the plain mean; on unbalanced ones (the AI-risk sets) it does not credit a letter push as
+    steering, which the plain mean does. ``ci95``: percentile bootstrap, resampling items within
+    each (positive, negative) letter pair (seeded). ``identified`` is False, and the numbers None,
+    when the layouts cannot separate ``c`` from the letters (e.g. every item's positive is A).
+    """
+    y = np.asarray(slopes, dtype=np.float64)
+    if len(y) != len(items):
+        raise ConfigError(f"{len(y)} slopes for {len(items)} items")
+    letters = sorted({it.pos for it in items} | {it.neg for it in items})
+    X = np.column_stack(
+        [np.ones(len(y))]
+        + [[float(it.pos == L) - float(it.neg == L) for it in items] for L in letters[1:]]
+    )
+    if np.linalg.matrix_rank(X) < X.shape[1]:
+        return {"mean": None, "ci95": None, "identified": False, "letter_effects": None}
+    coef = np.linalg.lstsq(X, y, rcond=None)[0]
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, it in enumerate(items):
+        groups.setdefault((it.pos, it.neg), []).append(i)
+    rng = np.random.default_rng(seed)
+    boot = []
+    for _ in range(n_resamples):  # within-pair resampling keeps the design identified
+        idx = np.concatenate([rng.choice(g, size=len(g)) for g in groups.values()])
+        boot.append(np.linalg.lstsq(X[idx], y[idx], rcond=None)[0][0])
+    lo, hi = np.quantile(boot, [0.025, 0.975])
+    return {
+        "mean": float(coef[0]),
+        "ci95": [float(lo), float(hi)],
+        "identified": True,
+        "letter_effects": {L: float(c) for L, c in zip(letters[1:], coef[1:])} | {letters[0]: 0.0},
     }
 
 

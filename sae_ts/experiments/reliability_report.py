@@ -47,6 +47,7 @@ from .reliability import (
     MULTIPLIERS,
     MCItem,
     layout_counts,
+    letter_adjusted,
     load_mwe,
     ood_variants,
     slope_summary,
@@ -131,6 +132,7 @@ def _slopes_record(
     """Steerability (:func:`slope_summary` plus per-sample slopes) and spurious factors."""
     st = steerability(P, x)
     rec = slope_summary(st.slopes, items, seed) | {
+        "letter_adjusted": letter_adjusted(st.slopes, items, seed),
         "per_sample": st.slopes.tolist(),
         "residual_rmse": st.residual_rmse.tolist(),
     }
@@ -223,6 +225,35 @@ def _all_curves(
     return curves, n_ans
 
 
+def _split(
+    path: Path, train: float = 0.5, max_items: int | None = 200, seed: int = 0
+) -> tuple[list[MCItem], list[MCItem]]:
+    """The dataset's (train, test) items: a stratified subsample, then a stratified split."""
+    items = to_mc_items(load_mwe(path), source=path.stem)
+    if max_items is not None and len(items) > max_items:
+        items = stratified_sample(items, max_items, seed)
+    return split_items(items, train=train, seed=seed)
+
+
+def _add_letter_adjusted(recs: dict[str, Any], path: Path, kw: dict[str, Any]) -> bool:
+    """Give records checkpointed before ``letter_adjusted`` existed that field (from their
+    per-sample slopes and the same split); returns whether anything was added."""
+    todo = [
+        st
+        for r in recs.values()
+        for st in (r["steerability"], r["tan_multipliers"]["steerability"])
+        if "letter_adjusted" not in st
+    ]
+    if todo:
+        args = {k: kw[k] for k in ("train", "max_items", "seed") if k in kw}
+        _, te = _split(path, **args)
+        for st in todo:
+            st["letter_adjusted"] = letter_adjusted(
+                np.asarray(st["per_sample"]), te, args.get("seed", 0)
+            )
+    return bool(todo)
+
+
 def analyse_dataset_multi(
     model: HookedTransformer,
     path: str | Path,
@@ -254,10 +285,7 @@ def analyse_dataset_multi(
     if propensity not in ("answer", "letter"):
         raise ConfigError(f"propensity must be 'answer' or 'letter', got {propensity!r}")
     path = Path(path)
-    items = to_mc_items(load_mwe(path), source=path.stem)
-    if max_items is not None and len(items) > max_items:
-        items = stratified_sample(items, max_items, seed)
-    tr, te = split_items(items, train=train, seed=seed)
+    tr, te = _split(path, train, max_items, seed)
     norm = float(residual_norm or typical_residual_norm(model, hook_name))
     defs = ood_variants(path.stem)
     for tv, tt in ood_pairs:
@@ -423,6 +451,8 @@ def run_reliability_multi(
             )
             if ckpt:
                 write_checkpoint(ckpt, key, recs)
+        elif ckpt and _add_letter_adjusted(recs, Path(p), kw):
+            write_checkpoint(ckpt, key, recs)
         for n in vectors:
             per[n][Path(p).stem] = recs[n]
     docs: dict[str, dict[str, Any]] = {}

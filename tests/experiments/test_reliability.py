@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from sae_ts.errors import ArtifactError
+from sae_ts.errors import ArtifactError, ConfigError
 from sae_ts.experiments.reliability import (
     MCItem,
     answer_layout,
@@ -401,8 +402,56 @@ def test_report_resumes_finished_datasets(tiny, tmp_path, monkeypatch):
 
     monkeypatch.setattr(report, "analyse_dataset_multi", must_not_run)
     assert report.run_reliability(tiny, ds, HOOK, "caa", **kw) == first
+    # a checkpoint written before letter_adjusted existed gets it, the same as a fresh run's
+    assert first["kindness_persona"]["steerability"]["letter_adjusted"]["identified"]
+    saved = json.loads(ckpt.read_text())
+    for rec in saved["payload"].values():
+        del rec["steerability"]["letter_adjusted"]
+        del rec["tan_multipliers"]["steerability"]["letter_adjusted"]
+    ckpt.write_text(json.dumps(saved))
+    assert report.run_reliability(tiny, ds, HOOK, "caa", **kw) == first
+    assert "letter_adjusted" in json.loads(ckpt.read_text())["payload"]["v"]["steerability"]
     with pytest.raises(AssertionError, match="analysed again"):  # other settings: recomputed
         report.run_reliability(tiny, ds, HOOK, "caa", **{**kw, "seed": 1})
     ckpt.write_text("{")
     with pytest.raises(ArtifactError, match="corrupt checkpoint"):
         report.run_reliability(tiny, ds, HOOK, "caa", **kw)
+
+
+def _pair_items(pairs: list[tuple[str, str, int]]) -> list[MCItem]:
+    return [MCItem("q", p, n, None) for p, n, k in pairs for _ in range(k)]
+
+
+def test_letter_adjusted_removes_a_letter_push_that_the_plain_mean_credits():
+    from sae_ts.experiments.reliability import letter_adjusted
+
+    # unbalanced letters, as on the AI-risk sets; each letter L adds d[L] to its own logit
+    items = _pair_items([("A", "B", 24), ("B", "A", 11), ("C", "A", 2), ("A", "C", 3)])
+    d = {"A": 2.0, "B": -1.0, "C": 0.5}
+    rng = np.random.default_rng(0)
+    push = np.array([d[it.pos] - d[it.neg] for it in items])
+    for steer in (0.0, 0.3):
+        slopes = steer + push + rng.normal(0, 0.01, len(items))
+        r = letter_adjusted(slopes, items, seed=0)
+        assert r["identified"]
+        assert r["mean"] == pytest.approx(steer, abs=0.02)
+        assert r["ci95"][0] < steer < r["ci95"][1]
+        assert float(slopes.mean()) > steer + 1.0  # the plain mean credits the letter push
+        effects = r["letter_effects"]
+        assert effects["B"] - effects["A"] == pytest.approx(d["B"] - d["A"], abs=0.05)
+    # balanced A/B layouts: the letter-adjusted mean is the mean of the two orientations' means
+    items = _pair_items([("A", "B", 10), ("B", "A", 10)])
+    slopes = rng.normal(0.5, 1.0, 20)
+    r = letter_adjusted(slopes, items, seed=0)
+    assert r["mean"] == pytest.approx((slopes[:10].mean() + slopes[10:].mean()) / 2)
+    assert r["ci95"] == letter_adjusted(slopes, items, seed=0)["ci95"]  # seeded
+
+
+def test_letter_adjusted_says_when_letters_and_steering_cannot_be_separated():
+    from sae_ts.experiments.reliability import letter_adjusted
+
+    items = _pair_items([("A", "B", 8)])  # every positive is A: c and d_A - d_B are confounded
+    r = letter_adjusted(np.ones(8), items)
+    assert r == {"mean": None, "ci95": None, "identified": False, "letter_effects": None}
+    with pytest.raises(ConfigError, match="7 slopes for 8 items"):
+        letter_adjusted(np.ones(7), items)
