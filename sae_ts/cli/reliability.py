@@ -54,11 +54,16 @@ def _cmd(args: argparse.Namespace) -> int:
     )
     for name in args.dataset:
         r = doc[Path(name).stem]
-        st, sp = r["steerability"], r["spurious"]
+        st, sp, la = r["steerability"], r["spurious"], r["steerability"]["letter_adjusted"]
         lo, hi = st["ci95"]
+        adj = (
+            f"{la['mean']:+.3f} [{la['ci95'][0]:+.3f}, {la['ci95'][1]:+.3f}]"
+            if la["identified"]
+            else "not identified"
+        )
         print(
             f"{Path(name).stem:<40} strength {r['strength']['chosen']:.2f}  "
-            f"steerability {st['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}]  "
+            f"steerability {st['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}]  letter-adjusted {adj}  "
             f"anti-steerable {st['anti_steerable_fraction']:.2f}  "
             f"A/B {sp['ab']:.2f}  Yes/No {sp['yes_no']:.2f}"
         )

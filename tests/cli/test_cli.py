@@ -244,3 +244,27 @@ def test_compare_on_a_new_task_directory_end_to_end(tmp_path, capsys, monkeypatc
     assert "resumed" in capsys.readouterr().out
     again = json.loads((out / "r2.json").read_text())
     assert again["tasks"] == doc["tasks"] and again["mean"] == doc["mean"]
+
+
+def test_reliability_command_end_to_end_on_a_tiny_model(tmp_path, capsys, monkeypatch):
+    import json
+
+    import sae_ts.cli.reliability as cli_rel
+    from sae_ts.testing import tiny_model
+    from tests.conftest import REPO
+
+    hook = "blocks.1.hook_resid_post"
+    monkeypatch.setattr(cli_rel, "load_from_args", lambda args: (tiny_model(seed=0), None, hook))
+    ds = REPO / "tests" / "fixtures" / "kindness_persona.jsonl"
+    out = tmp_path / "rel.json"
+    argv = ["reliability", "--dataset", str(ds), "--vector", "random", "--no-ood",
+            "--json", str(out), "--seed", "0"]  # fmt: skip
+    assert main(argv) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("kindness"))
+    rec = json.loads(out.read_text())["kindness_persona"]
+    st = rec["steerability"]
+    assert f"steerability {st['mean']:+.3f}" in line
+    la = st["letter_adjusted"]
+    assert la["identified"]  # the persona layouts are balanced A/B, so c is identified
+    assert f"letter-adjusted {la['mean']:+.3f} [{la['ci95'][0]:+.3f}" in line
+    assert rec["vector"].startswith("random")
