@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 
-from tests.conftest import REPO
+from tests.conftest import REPO, load_benchmark
 
 TASK = REPO / "tests" / "fixtures" / "saets_space"
-
-
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location(
-        "compare_methods", REPO / "benchmarks" / "compare_methods.py"
-    )
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_redaction_replaces_every_task_text_and_keeps_the_rest(tmp_path):
@@ -41,7 +30,7 @@ def test_redaction_replaces_every_task_text_and_keeps_the_rest(tmp_path):
     }
     path = tmp_path / "results.json"
     path.write_text(json.dumps(record))
-    n = _load_benchmark().redact_task_texts(path, [task])
+    n = load_benchmark("compare_methods").redact_task_texts(path, [task])
     out = path.read_text()
     for t in [*texts["pos"][:5], *texts["neg"][:2], criterion]:
         assert t not in out

@@ -2,19 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-
-from tests.conftest import REPO
-
-
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location(
-        "reliability_bench", REPO / "benchmarks" / "reliability.py"
-    )
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from tests.conftest import load_benchmark
 
 
 def _record(mean: float, lo: float, hi: float, chosen: float = 0.5) -> dict:
@@ -34,7 +22,7 @@ def _record(mean: float, lo: float, hi: float, chosen: float = 0.5) -> dict:
 
 
 def test_table_has_a_row_per_dataset_and_counts_the_persona_bar():
-    bench = _load_benchmark()
+    bench = load_benchmark("reliability")
     summary = {
         "command": "python benchmarks/reliability.py --seed 3",
         "seed": 3,
