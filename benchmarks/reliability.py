@@ -78,13 +78,16 @@ def markdown_table(summary: dict, persona: set[str] | None = None) -> str:
             n_persona += 1
             hits += bool(st["ci95"][0] > 0 or st["ci95"][1] < 0)
     # the same slopes with the letters' own effect removed (reliability.letter_adjusted)
-    lines += ["", "Letter-adjusted steerability [95% CI] (the letters' own push removed):", "",
+    lines += ["", "Letter-adjusted steerability [95% CI] (the letters' own push removed), and the "
+              "median R² of the per-input straight-line fits that the slopes come from:", "",
               "| dataset | " + " | ".join(vecs) + " |", "|" + "---|" * (len(vecs) + 1)]  # fmt: skip
     for name in vecs["caa"]:
         cells = []
         for n in vecs:
             la = vecs[n][name]["steerability"].get("letter_adjusted") or {}
-            cells.append(_ci(la) if la.get("identified") else "not identified")
+            cell = _ci(la) if la.get("identified") else "not identified"
+            lin = vecs[n][name]["steerability"].get("linearity")
+            cells.append(cell + (f" · R² {lin['median_r2']:.2f}" if lin else ""))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", f"CAA's 95% CI excludes 0 on {hits} of {n_persona} persona sets "
               f"(the issue's bar: at least half). Command: `{summary['command']}`, seed {summary['seed']}."]  # fmt: skip

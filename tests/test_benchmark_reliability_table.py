@@ -13,6 +13,7 @@ def _record(mean: float, lo: float, hi: float, chosen: float = 0.5) -> dict:
             "by_layout": {k: {"mean": v} for k, v in layouts.items()},
             "abs_quantiles": {"0.5": abs(mean) + 1.0},
             "letter_adjusted": {"identified": True, "mean": mean / 2, "ci95": [lo / 2, hi]},
+            "linearity": {"median_r2": 0.875},
         },
         "spurious": {"ab": 0.6, "yes_no": 0.1},
         "strength": {"chosen": chosen, "sweep": [
@@ -46,6 +47,9 @@ def test_table_has_a_row_per_dataset_and_counts_the_persona_bar():
     # the AI-risk set's CI excludes 0 too, but the bar counts persona sets only
     assert "excludes 0 on 1 of 2 persona sets" in table
     assert "--seed 3" in table
-    assert "| p1 | +0.15 [+0.05, +0.50] | +0.00 [-0.50, +1.00] |" in table  # letter-adjusted
+    assert "| p1 | +0.15 [+0.05, +0.50] · R² 0.88 | +0.00 [-0.50, +1.00] · R² 0.88 |" in table
     summary["vectors"]["random"]["p2"]["steerability"]["letter_adjusted"] = {"identified": False}
-    assert "| p2 | +0.05 [-0.10, +0.40] | not identified |" in bench.markdown_table(summary)
+    del summary["vectors"]["caa"]["p2"]["steerability"]["linearity"]  # an older record
+    assert "| p2 | +0.05 [-0.10, +0.40] | not identified · R² 0.88 |" in bench.markdown_table(
+        summary
+    )

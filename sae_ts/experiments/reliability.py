@@ -45,6 +45,7 @@ __all__ = [
     "layout_counts",
     "letter_adjusted",
     "letter_id",
+    "linearity",
     "load_mwe",
     "mc_prompt",
     "mean_ci",
@@ -333,6 +334,35 @@ def steerability(
         list(map(float, x)), slopes, intercepts, np.sqrt((resid**2).mean(1)),
         float(slopes.mean()), float((slopes <= 0).mean()),
     )  # fmt: skip
+
+
+def linearity(propensities: np.ndarray, strengths: Sequence[float] | np.ndarray) -> dict[str, Any]:
+    """How well a straight line describes each input's propensity curve (what a slope assumes).
+
+    Per input: the R² of the least-squares line through its propensities (1.0 for a flat curve)
+    and whether the curve is monotone. Returns ``median_r2``, ``r2_quantiles`` (10, 25, 50, 75,
+    90%) and ``monotone_fraction``. A low R² means the slope summarises a curve that bends or
+    turns back (e.g. past the strength at which the model stops answering sensibly).
+    """
+    P = np.asarray(propensities, dtype=np.float64)
+    x = np.asarray(strengths, dtype=np.float64)
+    if P.ndim != 2 or P.shape[1] != x.shape[0]:
+        raise ConfigError(f"propensities must be [n, {x.shape[0]}], got {P.shape}")
+    if not np.isfinite(P).all():
+        raise ConfigError("propensities contain NaN or inf")
+    xc = x - x.mean()
+    Pc = P - P.mean(1, keepdims=True)
+    slopes = Pc @ xc / (xc @ xc)
+    ssr = ((Pc - slopes[:, None] * xc[None]) ** 2).sum(1)
+    sst = (Pc**2).sum(1)
+    r2 = np.where(sst > 0, 1 - ssr / np.where(sst > 0, sst, 1.0), 1.0)
+    d = np.diff(P, axis=1)
+    mono = (d >= 0).all(1) | (d <= 0).all(1)
+    return {
+        "median_r2": float(np.median(r2)),
+        "r2_quantiles": {f"{q:g}": float(np.quantile(r2, q)) for q in (0.1, 0.25, 0.5, 0.75, 0.9)},
+        "monotone_fraction": float(mono.mean()),
+    }
 
 
 def mean_ci(

@@ -48,6 +48,7 @@ from .reliability import (
     MCItem,
     layout_counts,
     letter_adjusted,
+    linearity,
     load_mwe,
     ood_variants,
     slope_summary,
@@ -235,9 +236,13 @@ def _split(
     return split_items(items, train=train, seed=seed)
 
 
-def _add_letter_adjusted(recs: dict[str, Any], path: Path, kw: dict[str, Any]) -> bool:
-    """Give records checkpointed before ``letter_adjusted`` existed that field (from their
-    per-sample slopes and the same split); returns whether anything was added."""
+def _upgrade(recs: dict[str, Any], path: Path, kw: dict[str, Any]) -> bool:
+    """Give records checkpointed before ``letter_adjusted`` and ``linearity`` existed those
+    fields, from their per-sample slopes, their curves and the same split (what a fresh run
+    computes); returns whether anything was added."""
+    lin = [r for r in recs.values() if "linearity" not in r["steerability"]]
+    for r in lin:
+        r["steerability"]["linearity"] = linearity(r["_curves"]["base"], r["strengths"])
     todo = [
         st
         for r in recs.values()
@@ -251,7 +256,7 @@ def _add_letter_adjusted(recs: dict[str, Any], path: Path, kw: dict[str, Any]) -
             st["letter_adjusted"] = letter_adjusted(
                 np.asarray(st["per_sample"]), te, args.get("seed", 0)
             )
-    return bool(todo)
+    return bool(todo or lin)
 
 
 def analyse_dataset_multi(
@@ -361,6 +366,7 @@ def analyse_dataset_multi(
             "sweep": strength_sweep(Pn, F[:, n_tan:], strengths, n_ans, te, max_ppl_ratio, seed)
         }
         rec = _slopes_record(Pn[:, sel], s_arr[sel], te, seed)
+        rec["steerability"]["linearity"] = linearity(Pn[:, sel], s_arr[sel])
         out |= rec
         out["anti_steerable_fraction"] = rec["steerability"]["anti_steerable_fraction"]
         tan = _slopes_record(P[:, :n_tan], np.asarray(multipliers, float), te, seed)
@@ -451,7 +457,7 @@ def run_reliability_multi(
             )
             if ckpt:
                 write_checkpoint(ckpt, key, recs)
-        elif ckpt and _add_letter_adjusted(recs, Path(p), kw):
+        elif ckpt and _upgrade(recs, Path(p), kw):
             write_checkpoint(ckpt, key, recs)
         for n in vectors:
             per[n][Path(p).stem] = recs[n]

@@ -407,10 +407,12 @@ def test_report_resumes_finished_datasets(tiny, tmp_path, monkeypatch):
     saved = json.loads(ckpt.read_text())
     for rec in saved["payload"].values():
         del rec["steerability"]["letter_adjusted"]
+        del rec["steerability"]["linearity"]
         del rec["tan_multipliers"]["steerability"]["letter_adjusted"]
     ckpt.write_text(json.dumps(saved))
     assert report.run_reliability(tiny, ds, HOOK, "caa", **kw) == first
-    assert "letter_adjusted" in json.loads(ckpt.read_text())["payload"]["v"]["steerability"]
+    upgraded = json.loads(ckpt.read_text())["payload"]["v"]["steerability"]
+    assert "letter_adjusted" in upgraded and "linearity" in upgraded
     with pytest.raises(AssertionError, match="analysed again"):  # other settings: recomputed
         report.run_reliability(tiny, ds, HOOK, "caa", **{**kw, "seed": 1})
     ckpt.write_text("{")
@@ -455,3 +457,20 @@ def test_letter_adjusted_says_when_letters_and_steering_cannot_be_separated():
     assert r == {"mean": None, "ci95": None, "identified": False, "letter_effects": None}
     with pytest.raises(ConfigError, match="7 slopes for 8 items"):
         letter_adjusted(np.ones(7), items)
+
+
+def test_linearity_scores_straight_bent_and_flat_curves():
+    from sae_ts.experiments.reliability import linearity
+
+    x = np.array([-1.0, -0.5, 0.0, 0.5, 1.0])
+    straight, bent, flat = 2 * x + 1, np.abs(x), np.zeros_like(x)
+    r = linearity(np.stack([straight, straight, bent, flat]), x)
+    assert r["r2_quantiles"]["0.9"] == pytest.approx(1.0)
+    assert r["r2_quantiles"]["0.1"] == pytest.approx(0.3)  # interpolates the V's 0 and the 1s
+    assert linearity(bent[None], x)["median_r2"] == pytest.approx(0.0, abs=1e-12)
+    assert r["median_r2"] == pytest.approx(1.0)  # 3 of 4 curves are lines (flat counts as one)
+    assert r["monotone_fraction"] == pytest.approx(0.75)
+    with pytest.raises(ConfigError, match="propensities must be"):
+        linearity(np.zeros((2, 4)), x)
+    with pytest.raises(ConfigError, match="NaN"):
+        linearity(np.full((1, 5), np.nan), x)
