@@ -64,6 +64,7 @@ def _cmd(args: argparse.Namespace) -> int:
         print(
             f"{Path(name).stem:<40} strength {r['strength']['chosen']:.2f}  "
             f"steerability {st['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}]  letter-adjusted {adj}  "
+            f"line fit R² {st['linearity']['median_r2']:.2f}  "
             f"anti-steerable {st['anti_steerable_fraction']:.2f}  "
             f"A/B {sp['ab']:.2f}  Yes/No {sp['yes_no']:.2f}"
         )

@@ -267,4 +267,5 @@ def test_reliability_command_end_to_end_on_a_tiny_model(tmp_path, capsys, monkey
     la = st["letter_adjusted"]
     assert la["identified"]  # the persona layouts are balanced A/B, so c is identified
     assert f"letter-adjusted {la['mean']:+.3f} [{la['ci95'][0]:+.3f}" in line
+    assert f"line fit R² {st['linearity']['median_r2']:.2f}" in line
     assert rec["vector"].startswith("random")
