@@ -366,7 +366,6 @@ def analyse_dataset_multi(
             "sweep": strength_sweep(Pn, F[:, n_tan:], strengths, n_ans, te, max_ppl_ratio, seed)
         }
         rec = _slopes_record(Pn[:, sel], s_arr[sel], te, seed)
-        rec["steerability"]["linearity"] = linearity(Pn[:, sel], s_arr[sel])
         out |= rec
         out["anti_steerable_fraction"] = rec["steerability"]["anti_steerable_fraction"]
         tan = _slopes_record(P[:, :n_tan], np.asarray(multipliers, float), te, seed)
@@ -377,6 +376,8 @@ def analyse_dataset_multi(
         }
         out["ood"] = _ood(get, name, pairs, sel, s_arr, n_tan, te, seed)
         out["_curves"] = {"base": Pn[:, sel].tolist()}
+        # from the stored curve, as a resumed checkpoint does (the same bits either way)
+        out["steerability"]["linearity"] = linearity(out["_curves"]["base"], out["strengths"])
         out["_curves_all"] = {"strengths": s_arr.tolist(), "propensity": Pn.tolist()}
         out["_items"] = [{"pos": it.pos, "pos_is_yes": it.pos_is_yes} for it in te]
         results[name] = out
