@@ -344,17 +344,10 @@ def linearity(propensities: np.ndarray, strengths: Sequence[float] | np.ndarray)
     90%) and ``monotone_fraction``. A low R² means the slope summarises a curve that bends or
     turns back (e.g. past the strength at which the model stops answering sensibly).
     """
+    st = steerability(propensities, strengths)  # validates the shapes and values
     P = np.asarray(propensities, dtype=np.float64)
-    x = np.asarray(strengths, dtype=np.float64)
-    if P.ndim != 2 or P.shape[1] != x.shape[0]:
-        raise ConfigError(f"propensities must be [n, {x.shape[0]}], got {P.shape}")
-    if not np.isfinite(P).all():
-        raise ConfigError("propensities contain NaN or inf")
-    xc = x - x.mean()
-    Pc = P - P.mean(1, keepdims=True)
-    slopes = Pc @ xc / (xc @ xc)
-    ssr = ((Pc - slopes[:, None] * xc[None]) ** 2).sum(1)
-    sst = (Pc**2).sum(1)
+    ssr = P.shape[1] * st.residual_rmse**2
+    sst = ((P - P.mean(1, keepdims=True)) ** 2).sum(1)
     r2 = np.where(sst > 0, 1 - ssr / np.where(sst > 0, sst, 1.0), 1.0)
     d = np.diff(P, axis=1)
     mono = (d >= 0).all(1) | (d <= 0).all(1)
