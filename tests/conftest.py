@@ -27,6 +27,22 @@ def load_benchmark(name: str) -> ModuleType:
 
 
 @pytest.fixture(scope="session")
+def space_task(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The hand-written "space" concept task, written in the SAE-TS layout (``saets_space/``)."""
+    from tests.handwritten import write_space_task
+
+    return write_space_task(tmp_path_factory.mktemp("fixtures"))
+
+
+@pytest.fixture(scope="session")
+def kindness_persona(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The hand-written "kindness" persona set, written as model-written-evals JSONL."""
+    from tests.handwritten import write_kindness_persona
+
+    return write_kindness_persona(tmp_path_factory.mktemp("fixtures"))
+
+
+@pytest.fixture(scope="session")
 def tiny():
     """A randomly initialised 2-layer Llama model (width 64) with the shipped tiny tokenizer."""
     from sae_ts.testing import tiny_model

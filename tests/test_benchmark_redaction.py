@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import shutil
 
-from tests.conftest import REPO, load_benchmark
-
-TASK = REPO / "tests" / "fixtures" / "saets_space"
+from tests.conftest import load_benchmark
 
 
-def test_redaction_replaces_every_task_text_and_keeps_the_rest(tmp_path):
+def test_redaction_replaces_every_task_text_and_keeps_the_rest(tmp_path, space_task):
     task = tmp_path / "space"
-    shutil.copytree(TASK, task)
+    shutil.copytree(space_task, task)
     texts = json.loads((task / "act_steer.json").read_text())
     texts["pos"].append("Stars shine")  # a short text
     texts["hook"] = "blocks.12.hook_resid_post"  # an identifier, not prose

@@ -196,14 +196,12 @@ def test_core_pipeline_end_to_end_on_the_real_model(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_compare_on_a_new_task_directory_end_to_end(tmp_path, capsys, monkeypatch):
+def test_compare_on_a_new_task_directory_end_to_end(tmp_path, capsys, monkeypatch, space_task):
     """`sae-ts compare --task DIR` on a task in the SAE-TS format, as a user runs it (smoke budget;
     the other settings are the defaults: shipped effect model, offline judges, validation)."""
     import json
 
-    from tests.conftest import REPO
-
-    task = REPO / "tests" / "fixtures" / "saets_space"
+    task = space_task
     out = tmp_path / "cmp"
     rc = main(["compare", "--task", str(task), "--budget", "smoke",
                "--json", str(out / "r.json"), "--out-dir", str(out)])  # fmt: skip
@@ -246,16 +244,17 @@ def test_compare_on_a_new_task_directory_end_to_end(tmp_path, capsys, monkeypatc
     assert again["tasks"] == doc["tasks"] and again["mean"] == doc["mean"]
 
 
-def test_reliability_command_end_to_end_on_a_tiny_model(tmp_path, capsys, monkeypatch):
+def test_reliability_command_end_to_end_on_a_tiny_model(
+    tmp_path, capsys, monkeypatch, kindness_persona
+):
     import json
 
     import sae_ts.cli.reliability as cli_rel
     from sae_ts.testing import tiny_model
-    from tests.conftest import REPO
 
     hook = "blocks.1.hook_resid_post"
     monkeypatch.setattr(cli_rel, "load_from_args", lambda args: (tiny_model(seed=0), None, hook))
-    ds = REPO / "tests" / "fixtures" / "kindness_persona.jsonl"
+    ds = kindness_persona
     out = tmp_path / "rel.json"
     argv = ["reliability", "--dataset", str(ds), "--vector", "random", "--no-ood",
             "--json", str(out), "--seed", "0"]  # fmt: skip

@@ -21,11 +21,9 @@ from sae_ts.experiments.comparison import (
 )
 from sae_ts.judges.offline import load_embedder
 from sae_ts.testing import tiny_sae
-from tests.conftest import REPO
 from tests.judges.test_offline import CRITERION, NEG, POS
 
 HOOK = "blocks.1.hook_resid_post"
-SPACE = REPO / "tests" / "fixtures" / "saets_space"
 
 
 def write_task(tmp_path, pos=POS, neg=NEG):
@@ -43,10 +41,10 @@ def embedder():
     return load_embedder()
 
 
-def test_load_task_and_errors(tmp_path):
+def test_load_task_and_errors(tmp_path, space_task):
     t = load_task(write_task(tmp_path))
     assert t.name == "Beach" and len(t.pos) == 6 and t.score_criterion == CRITERION
-    assert load_task(SPACE).name == "space"
+    assert load_task(space_task).name == "space"
     with pytest.raises(FileNotFoundError, match=r"criteria\.json"):
         (tmp_path / "beach" / "criteria.json").unlink()
         load_task(tmp_path / "beach")
@@ -58,8 +56,8 @@ def test_load_task_and_errors(tmp_path):
         load_task(bad)
 
 
-def test_split_roles_is_disjoint_complete_and_seeded():
-    task = load_task(SPACE)
+def test_split_roles_is_disjoint_complete_and_seeded(space_task):
+    task = load_task(space_task)
     r = split_roles(task, seed=0)
     for side in ("pos", "neg"):
         build, judge = getattr(r.build, side), getattr(r.judge, side)
@@ -189,11 +187,11 @@ def _spy(monkeypatch, module, name, log, key):
     monkeypatch.setattr(module, name, wrapped)
 
 
-def test_no_text_builds_and_judges(tiny, tmp_path, monkeypatch, embedder):
+def test_no_text_builds_and_judges(tiny, tmp_path, monkeypatch, embedder, space_task):
     """CAA and the target latents see only build-role texts; the behaviour judge only judge-role
     texts; the two sets are disjoint and together the task's texts."""
     sae = tiny_sae(tiny.cfg.d_model, HOOK, d_sae=32)
-    task = load_task(SPACE)
+    task = load_task(space_task)
     seen: dict[str, tuple] = {}
     _spy(monkeypatch, comparison, "caa_vector", seen, "caa")
     _spy(monkeypatch, comparison, "select_targets", seen, "targets")
@@ -212,11 +210,11 @@ def test_no_text_builds_and_judges(tiny, tmp_path, monkeypatch, embedder):
     assert set(roles["judge"]["pos"] + roles["judge"]["neg"]) == judged
 
 
-def test_compare_task_end_to_end_on_a_tiny_model(tiny, tmp_path, embedder):
+def test_compare_task_end_to_end_on_a_tiny_model(tiny, tmp_path, embedder, space_task):
     sae = tiny_sae(tiny.cfg.d_model, HOOK, d_sae=32)
     g = torch.Generator().manual_seed(0)
     em = LinearEffectModel(torch.randn(tiny.cfg.d_model, 32, generator=g), torch.zeros(32))
-    task = load_task(SPACE)
+    task = load_task(space_task)
     cfg = CompareConfig.budget("smoke", samples=6, validation_samples=8)
     val = compare_judges.offline_validators(embedder)
     rec = compare_task(tiny, sae, HOOK, task, em, cfg=cfg, embedder=embedder,

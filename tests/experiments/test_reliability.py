@@ -314,13 +314,12 @@ def test_shared_persona_file_balances(tmp_path):
     assert len(combos) == 4 and max(combos.values()) - min(combos.values()) <= 2
 
 
-def test_report_on_a_fixture(tiny, tmp_path):
+def test_report_on_a_fixture(tiny, tmp_path, kindness_persona):
     import json as _json
 
     from sae_ts.experiments.reliability_report import run_reliability
-    from tests.conftest import REPO
 
-    ds = [REPO / "tests" / "fixtures" / "kindness_persona.jsonl"]
+    ds = [kindness_persona]
     doc = run_reliability(
         tiny, ds, HOOK, "caa", tmp_path / "r.json", tmp_path, max_items=None,
         multipliers=(-1.0, 0.0, 1.0), strengths=(-1.0, -0.5, 0.0, 0.5, 1.0),
@@ -355,13 +354,12 @@ def test_report_on_a_fixture(tiny, tmp_path):
     assert (tmp_path / "kindness_persona_reliability.png").exists()
 
 
-def test_vectors_are_compared_at_equal_norm(tiny):
+def test_vectors_are_compared_at_equal_norm(tiny, kindness_persona):
     from sae_ts.effect_model import LinearEffectModel
     from sae_ts.experiments.reliability_report import analyse_dataset, analyse_dataset_multi
     from sae_ts.testing import tiny_sae
-    from tests.conftest import REPO
 
-    ds = REPO / "tests" / "fixtures" / "kindness_persona.jsonl"
+    ds = kindness_persona
     kw = dict(max_items=None, variants=False, strengths=(-1.0, 0.0, 1.0), residual_norm=10.0)
     caa = caa_mc_vector(tiny, split_items(to_mc_items(load_mwe(ds)))[0], HOOK)
     recs = analyse_dataset_multi(
@@ -386,11 +384,10 @@ def test_vectors_are_compared_at_equal_norm(tiny):
         analyse_dataset(tiny, ds, HOOK, "bogus", **kw)
 
 
-def test_report_resumes_finished_datasets(tiny, tmp_path, monkeypatch):
+def test_report_resumes_finished_datasets(tiny, tmp_path, monkeypatch, kindness_persona):
     import sae_ts.experiments.reliability_report as report
-    from tests.conftest import REPO
 
-    ds = [REPO / "tests" / "fixtures" / "kindness_persona.jsonl"]
+    ds = [kindness_persona]
     kw = dict(max_items=None, multipliers=(-1.0, 0.0, 1.0), strengths=(-0.5, 0.0, 0.5),
               variants=False, checkpoint_dir=tmp_path / "ckpt")  # fmt: skip
     first = report.run_reliability(tiny, ds, HOOK, "caa", **kw)
