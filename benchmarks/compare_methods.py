@@ -1,7 +1,13 @@
 """All nine SAE-TS concept tasks x all methods on the embedded model (the README's comparison).
 
-OMP_NUM_THREADS=2 python benchmarks/compare_methods.py --budget full --seed 0
+OMP_NUM_THREADS=2 python benchmarks/compare_methods.py --budget full --seed 0 --targets effect
+OMP_NUM_THREADS=2 python benchmarks/compare_methods.py --budget quick --targets all \
+    --out-dir benchmarks/results/selection_quick     # every target-selection rule, ranked
 python benchmarks/compare_methods.py --validate-judges   # judge checks on texts only (seconds)
+
+``--targets`` takes one selection rule, several (comma-separated) or ``all``; with more than one,
+each rule's comparison goes to ``OUT_DIR/<rule>/`` (resumable per task) and ``OUT_DIR/selection.md``
+ranks the rules by the best SAE method's 9-task mean, with paired CIs against CAA.
 
 ``--validate-judges`` builds each task's behaviour judge from its judge-half texts (the same seeded
 split as the comparison) and reports its AUROC on the build-half texts it never saw, its
@@ -20,7 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from sae_ts.artifacts import write_json_atomic
-from sae_ts.experiments.comparison import METHODS, load_task, run_comparison
+from sae_ts.experiments.compare.run import METHODS, load_task, run_comparison
+from sae_ts.selection import SELECTORS
+
+SAE_METHODS = ("sae", "sae_ts", "targeted", "fgaa")
 
 TASKS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "concepts" / "saets"
 
@@ -122,7 +131,7 @@ PROBES: dict[str, tuple[list[str], list[str]]] = {
 
 def validate_judges(tasks: list[Path], out: Path, seed: int = 0) -> dict:
     """AUROC of each task's judge-half behaviour judge on the held-out build half; probes."""
-    from sae_ts.experiments.comparison import split_roles
+    from sae_ts.experiments.compare.run import split_roles
     from sae_ts.judges import EmbeddingBehaviorJudge, auroc, load_embedder
 
     emb = load_embedder()
@@ -210,6 +219,33 @@ def redact_task_texts(path: Path, task_dirs: list[Path], min_chars: int = 20) ->
     return n
 
 
+def selection_table(docs: dict[str, dict]) -> tuple[str, dict]:
+    """Rank target-selection rules: per rule, each method's 9-task mean score [CI], its paired
+    difference from CAA [CI] and AxBench's harmonic mean; the rule's best SAE method first."""
+    rows, summary = [], {}
+    for rule, doc in docs.items():
+        mean = doc["mean"]
+        sae = [m for m in SAE_METHODS if m in mean]
+        best = max(sae, key=lambda m: mean[m]["score"]) if sae else None
+        summary[rule] = {"best_sae_method": best, "mean": mean}
+        for m in [k for k in mean if k != "caa"] + ["caa"]:
+            r = mean[m]
+            vs = r.get("vs_caa")
+            diff = (
+                "" if vs is None else f"{vs['diff']:+.3f} [{vs['ci'][0]:+.3f}, {vs['ci'][1]:+.3f}]"
+            )
+            star = " ←best SAE" if m == best else ""
+            rows.append(
+                f"| {rule} | {m}{star} | {r['score']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] | "
+                f"{diff} | {r.get('harmonic', float('nan')):.3f} |"
+            )
+    head = (
+        "| targets | method | 9-task mean score [95% CI] | − CAA (paired) [95% CI] | harmonic |\n"
+        "|---|---|---|---|---|"
+    )
+    return head + "\n" + "\n".join(rows), summary
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -219,7 +255,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--effect-model", default="default")
     ap.add_argument("--out-dir", default="benchmarks/results/compare_full")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--targets", default="input", help=f"one or more of {SELECTORS}, or all")
     ap.add_argument("--validate-judges", action="store_true", help="only validate the judge")
+    ap.add_argument(
+        "--no-validation", action="store_true", help="skip the judge checks on generated text"
+    )
     args = ap.parse_args(argv)
     tasks = sorted(p for p in Path(args.tasks_dir).iterdir() if (p / "act_steer.json").exists())
     if not tasks:
@@ -228,20 +269,27 @@ def main(argv: list[str] | None = None) -> None:
     if args.validate_judges:
         validate_judges(tasks, Path(args.out_dir), args.seed)
         return
-    doc = run_comparison(
-        tasks,
-        METHODS,
-        args.budget,
-        args.seed,
-        args.effect_model,
-        args.out_dir,
-        Path(args.out_dir) / "results.json",
-        log=lambda msg: print(msg, flush=True),
-    )
-    n = redact_task_texts(Path(args.out_dir) / "results.json", tasks)
-    print(f"results.json: {n} task texts replaced by references (full records in tasks/)")
-    print(doc["table"], doc["differences"], sep="\n\n")
-    print(f"{doc['config']['seconds']:.0f} s, {doc['config']['tokens_generated']} generated tokens")
+    rules = list(SELECTORS) if args.targets == "all" else args.targets.split(",")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    docs = {}
+    for rule in rules:
+        out = Path(args.out_dir) if len(rules) == 1 else Path(args.out_dir) / rule
+        doc = run_comparison(
+            tasks, methods, args.budget, args.seed, args.effect_model, out, out / "results.json",
+            log=lambda msg, r=rule: print(f"[{r}] {msg}", flush=True), targets=rule,
+            validate=not args.no_validation,
+        )  # fmt: skip
+        n = redact_task_texts(out / "results.json", tasks)
+        print(f"results.json: {n} task texts replaced by references (full records in tasks/)")
+        print(doc["table"], doc["differences"], sep="\n\n")
+        print(f"{doc['config']['seconds']:.0f} s, {doc['config']['tokens_generated']} tokens")
+        docs[rule] = doc
+    if len(rules) > 1:
+        table, summary = selection_table(docs)
+        head = f"command: python {' '.join(sys.argv)} (seed {args.seed}, budget {args.budget})"
+        Path(args.out_dir, "selection.md").write_text(head + "\n\n" + table + "\n")
+        write_json_atomic(Path(args.out_dir) / "selection.json", summary)
+        print(table)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import torch
 from sae_ts.baselines import caa_vector, sae_latent_vector
 from sae_ts.effect_model import LinearEffectModel, load_default_effect_model
 from sae_ts.effects import EffectConfig, EffectEstimator, typical_residual_norm
-from sae_ts.experiments.compare_tasks import Task, load_task, split_roles
+from sae_ts.experiments.compare.tasks import Task, load_task, split_roles
 from sae_ts.loading import load_default
 from sae_ts.solver import Target, solve, target_stats
 from sae_ts.targets import LatentDensity, latent_density, select_targets

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from sae_ts.effect_model import load_default_effect_model
-from sae_ts.experiments.reliability_report import run_reliability_multi
+from sae_ts.experiments.reliability.report import run_reliability_multi
 from sae_ts.loading import load_default
 from sae_ts.steering import SteeringVector
 

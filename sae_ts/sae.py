@@ -1,8 +1,10 @@
 """The embedded SAE: loading, sink-aware encoding and splicing, and quality evaluation.
 
-sae-ts ships a TopK sparse autoencoder trained with sae-lens on ``blocks.12.hook_resid_post`` of
-the embedded SmolLM2-135M-Instruct (see :mod:`sae_ts.training`). It is an ordinary sae-lens
-SAE directory (``cfg.json`` + ``sae_weights.safetensors``), stored in fp16 and loaded in fp32.
+sae-ts ships one SAE per embedded model, trained with sae-lens on ``blocks.12.hook_resid_post``
+(see :mod:`sae_ts.training`): a TopK SAE for SmolLM2-135M-Instruct and a JumpReLU SAE for Gemma 3
+270M. Each is an ordinary sae-lens SAE directory (``cfg.json`` + ``sae_weights.safetensors``),
+stored in fp16 and loaded in fp32; ``sae_lens.SAE.load_from_disk`` reads it with no sae-ts code.
+Every encoding goes through the SAE's own ``encode``, so a JumpReLU SAE's thresholds apply.
 
 Attention sinks. Position 0 and a few delimiter tokens carry residual norms ~100× the median;
 the SAE never saw them in training. :func:`sink_positions` marks them with the one sink rule
@@ -30,8 +32,10 @@ from .types import SAELike
 
 __all__ = [
     "DEFAULT_SAE_DIR",
+    "EMBEDDED_SAE_DIRS",
     "SAEEvalResult",
     "check_pair",
+    "default_sae_dir",
     "encode",
     "evaluate_sae",
     "load_default_sae",
@@ -45,7 +49,13 @@ __all__ = [
     "splice_hook",
 ]
 
-DEFAULT_SAE_DIR: Path = Path(__file__).resolve().parent / "assets" / "smollm2-135m-res12-topk"
+_ASSETS = Path(__file__).resolve().parent / "assets"
+EMBEDDED_SAE_DIRS: dict[str, Path] = {
+    "smollm2-135m": _ASSETS / "smollm2-135m-res12-topk",
+    "gemma-3-270m": _ASSETS / "gemma-3-270m-res12-jumprelu",
+}
+"""The SAE sae-ts ships for each embedded model (see :data:`sae_ts.models.EMBEDDED_MODELS`)."""
+DEFAULT_SAE_DIR: Path = EMBEDDED_SAE_DIRS["smollm2-135m"]
 _SAE_FILES = ("cfg.json", "sae_weights.safetensors")
 
 
@@ -84,16 +94,34 @@ def load_sae(
     return sae
 
 
-def load_default_sae(
-    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
-) -> SAE[Any]:
-    """The SAE shipped with sae-ts for the embedded model (``blocks.12.hook_resid_post``)."""
-    if not (DEFAULT_SAE_DIR / "sae_weights.safetensors").exists():
-        raise MissingFileError(
-            f"the embedded SAE is missing from {DEFAULT_SAE_DIR}; reinstall sae-ts or rebuild it "
-            "with `sae-ts train-sae`"
+def default_sae_dir(model: str = "smollm2-135m") -> Path:
+    """The directory of the SAE shipped for embedded model ``model`` (a registry key)."""
+    if model not in EMBEDDED_SAE_DIRS:
+        raise ConfigError(
+            f"no SAE is shipped for model {model!r}; the embedded models are "
+            f"{sorted(EMBEDDED_SAE_DIRS)}"
         )
-    return load_sae(DEFAULT_SAE_DIR, device=device, dtype=dtype)
+    if model == "smollm2-135m":  # read at call time, so tests can point it elsewhere
+        return DEFAULT_SAE_DIR
+    return EMBEDDED_SAE_DIRS[model]
+
+
+def load_default_sae(
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    model: str = "smollm2-135m",
+) -> SAE[Any]:
+    """The SAE shipped with sae-ts for an embedded model (both read ``blocks.12.hook_resid_post``).
+
+    SmolLM2-135M: a TopK SAE, 4,096 latents. Gemma 3 270M: a JumpReLU SAE in sae-lens's format.
+    """
+    path = default_sae_dir(model)
+    if not (path / "sae_weights.safetensors").exists():
+        raise MissingFileError(
+            f"the embedded SAE for {model} is missing from {path}; reinstall sae-ts or rebuild "
+            f"it with `sae-ts train-sae --model {model}`"
+        )
+    return load_sae(path, device=device, dtype=dtype)
 
 
 def check_pair(model: Any, sae: SAELike, hook_name: str | None = None) -> str:

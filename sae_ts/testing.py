@@ -83,7 +83,7 @@ def tiny_sae(
     hook_name: str = "blocks.0.hook_resid_post",
     d_sae: int = 48,
     seed: int = 0,
-    architecture: Literal["standard", "topk"] = "standard",
+    architecture: Literal["standard", "topk", "jumprelu"] = "standard",
     k: int = 8,
     **metadata: Any,
 ) -> Any:
@@ -91,16 +91,33 @@ def tiny_sae(
 
     ``"standard"``: a ReLU SAE with encoder ~ N(0, 0.3²), tied decoder and encoder bias -0.1, so
     latents fire sparsely on a tiny model's activations. ``"topk"``: a TopK SAE with sae-lens's
-    initialisation and ``k`` active latents. Extra keyword arguments go into the metadata (e.g.
+    initialisation and ``k`` active latents. ``"jumprelu"``: as ``"standard"`` with zero encoder
+    bias and per-latent thresholds drawn from U(0.05, 0.6), so the threshold decides which latents
+    fire. Extra keyword arguments go into the metadata (e.g.
     ``sink_reference_norm=20.0``, ``model_name="t"``).
     """
-    from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
+    from sae_lens import (
+        JumpReLUSAE,
+        JumpReLUSAEConfig,
+        StandardSAE,
+        StandardSAEConfig,
+        TopKSAE,
+        TopKSAEConfig,
+    )
     from sae_lens.saes.sae import SAEMetadata
 
     meta = SAEMetadata(hook_name=hook_name, **metadata)
     torch.manual_seed(seed)
     if architecture == "topk":
         return TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k, metadata=meta)).eval()
+    if architecture == "jumprelu":
+        jr = JumpReLUSAE(JumpReLUSAEConfig(d_in=d_in, d_sae=d_sae, metadata=meta))
+        with torch.no_grad():
+            jr.W_enc.normal_(0, 0.3)
+            jr.W_dec.copy_(jr.W_enc.T)
+            jr.b_enc.zero_()
+            jr.threshold.uniform_(0.05, 0.6)
+        return jr.eval()
     sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae, metadata=meta))
     with torch.no_grad():
         sae.W_enc.normal_(0, 0.3)

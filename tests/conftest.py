@@ -64,3 +64,11 @@ def hf_model():
     from sae_ts.models import load_hf_model
 
     return load_hf_model()
+
+
+@pytest.fixture(scope="session")
+def gemma_model():
+    """The embedded Gemma 3 270M (base) as a HookedTransformer (TL's own Gemma-3 conversion)."""
+    from sae_ts.models import load_default_model
+
+    return load_default_model(model="gemma-3-270m")

@@ -24,7 +24,7 @@ from sae_ts.effects import (
 )
 from sae_ts.errors import ConfigError, MissingExtraError
 from sae_ts.executors import LocalExecutor, RayExecutor
-from sae_ts.experiments.comparison import CompareConfig, _run_task, _TaskRunner, load_task
+from sae_ts.experiments.compare.run import CompareConfig, _run_task, _TaskRunner, load_task
 from sae_ts.targets import latent_density
 from sae_ts.testing import tiny_loaded
 
@@ -134,7 +134,7 @@ def test_without_ray_the_error_names_the_extra(monkeypatch):
 
 
 def _tasks(tmp_path):
-    from tests.experiments.test_comparison import write_task
+    from tests.experiments.compare.test_compare import write_task
     from tests.judges.test_offline import NEG, POS
 
     (tmp_path / "a").mkdir()

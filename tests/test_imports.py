@@ -62,7 +62,7 @@ def test_each_module_imports_alone_in_a_fresh_interpreter():
 
 
 def _module_graph() -> dict[str, set[str]]:
-    """sae_ts module -> sae_ts modules it imports at module level."""
+    """sae_ts module -> sae_ts modules it imports at module level, ``if TYPE_CHECKING:`` included."""
     mods: dict[str, Path] = {}
     for p in PACKAGE.rglob("*.py"):
         parts = list(p.relative_to(PACKAGE.parent).with_suffix("").parts)
@@ -73,7 +73,10 @@ def _module_graph() -> dict[str, set[str]]:
     for name, path in mods.items():
         is_pkg = path.name == "__init__.py"
         deps: set[str] = set()
-        for node in ast.parse(path.read_text()).body:
+        body = ast.parse(path.read_text()).body
+        # imports under a module-level `if` (such as `if TYPE_CHECKING:`) count as well
+        nodes = [n for top in body for n in ([top] if not isinstance(top, ast.If) else top.body)]
+        for node in nodes:
             if isinstance(node, ast.ImportFrom):
                 base = name.split(".") if is_pkg else name.split(".")[:-1]
                 if node.level:
@@ -87,6 +90,16 @@ def _module_graph() -> dict[str, set[str]]:
                 deps.update(a.name for a in node.names)
         graph[name] = {d for d in deps if d in mods and d != name}
     return graph
+
+
+def test_no_deprecation_shims():
+    """No module of the package only re-exports another one under an old name."""
+    shims = [
+        str(p.relative_to(PACKAGE))
+        for p in PACKAGE.rglob("*.py")
+        if "DeprecationWarning" in p.read_text() and "import *" in p.read_text()
+    ]
+    assert not shims, shims
 
 
 def test_module_import_graph_has_no_cycle():
@@ -143,7 +156,7 @@ def test_public_api_is_curated():
 def test_one_kv_cached_generation_loop() -> None:
     """Only generation.py samples with a KV cache; steering and effects call its generate().
 
-    experiments/reliability_steering.py also builds a cache, to score one shared prompt prefix
+    experiments/reliability/steering.py also builds a cache, to score one shared prompt prefix
     under many steering vectors (no sampling).
     """
     users = sorted(
@@ -151,6 +164,6 @@ def test_one_kv_cached_generation_loop() -> None:
         for p in PACKAGE.rglob("*.py")
         if "TransformerLensKeyValueCache" in p.read_text()
     )
-    assert users == ["experiments/reliability_steering.py", "generation.py"], users
-    rel = (PACKAGE / "experiments" / "reliability_steering.py").read_text()
+    assert users == ["experiments/reliability/steering.py", "generation.py"], users
+    rel = (PACKAGE / "experiments" / "reliability" / "steering.py").read_text()
     assert "sample(" not in rel and "multinomial" not in rel

@@ -228,3 +228,26 @@ def test_shipped_sae_quality_on_unseen_text(real_model) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Training pipeline (tiny model, tiny SAE)
+
+
+def test_jumprelu_encoding_is_sae_lens_own_with_sinks_zeroed() -> None:
+    """sae-ts encodes, splices and fingerprints a JumpReLU SAE through its threshold."""
+    from sae_ts.effects import sae_fingerprint
+    from sae_ts.sae import encode, reconstruct_with_passthrough
+    from sae_ts.testing import tiny_sae
+
+    sae = tiny_sae(16, "blocks.0.hook_resid_post", d_sae=24, architecture="jumprelu")
+    x = torch.randn(2, 6, 16)
+    pre = x @ sae.W_enc + sae.b_enc
+    want = pre * (pre > sae.threshold)  # the JumpReLU definition
+    assert torch.allclose(sae.encode(x), want, atol=1e-6)
+    got = encode(sae, x, sink_ratio=100.0)  # no norm sinks here: only position 0 is masked
+    assert torch.allclose(got[:, 1:], want[:, 1:], atol=1e-6) and not got[:, 0].any()
+    assert (want > 0).float().mean() < (pre > 0).float().mean()  # the threshold does cut
+    rec = reconstruct_with_passthrough(sae, x, sink_ratio=100.0)
+    assert torch.equal(rec[:, 0], x[:, 0])
+    assert torch.allclose(rec[:, 1:], sae.decode(want[:, 1:]), atol=1e-5)
+    before = sae_fingerprint(sae)
+    with torch.no_grad():
+        sae.threshold[0] += 0.1
+    assert sae_fingerprint(sae) != before  # thresholds identify the SAE too

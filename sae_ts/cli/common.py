@@ -192,7 +192,8 @@ def add_dataclass_args(
             default = None
         names = [f"--{f.name.replace('_', '-')}", *((aliases or {}).get(f.name, ()))]
         kw: dict[str, Any] = {"dest": f.name, "default": default}
-        kw["help"] = f"{cls.__name__}.{f.name} (default: %(default)s)"
+        shown = "the preset" if default is argparse.SUPPRESS else "%(default)s"
+        kw["help"] = f"{cls.__name__}.{f.name} (default: {shown})"
         if tp is bool:
             kw["action"] = argparse.BooleanOptionalAction
         else:

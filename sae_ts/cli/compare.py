@@ -7,13 +7,14 @@ import functools
 from pathlib import Path
 from typing import Any
 
-from ..experiments.comparison import (
+from ..experiments.compare.run import (
     METHODS,
     judges_from_args,
     parse_feature_overrides,
     run_comparison,
 )
 from ..loading import load_default
+from ..selection import SELECTORS
 from .common import add_ray_args, executor_from_args
 
 __all__ = ["add_cli_commands"]
@@ -41,6 +42,7 @@ def _cmd(args: argparse.Namespace) -> int:
             features=parse_feature_overrides(args.features or []),
             validate=not args.no_validation,
             executor=executor,
+            targets=args.targets,
         )
     finally:
         if executor is not None:
@@ -65,7 +67,18 @@ def add_cli_commands(sub: Any) -> None:
         help="task directory (act_steer.json + criteria.json); repeatable",
     )
     p.add_argument(
-        "--methods", default=",".join(METHODS), help=f"comma-separated, from {','.join(METHODS)}"
+        "--methods",
+        default=",".join(METHODS),
+        help=f"comma-separated, from {','.join(METHODS)} (prompt: the concept as an instruction)",
+    )
+    p.add_argument(
+        "--targets",
+        choices=list(SELECTORS),
+        default="input",
+        help="how the SAE methods' target latents are chosen: input (fire on the concept's "
+        "texts), output (Arad et al.'s output score), dtc (ΔToken confidence), fgaa (FGAA's "
+        "weighted contrastive target), effect (predicted effect of each decoder row on the "
+        "concept's features)",
     )
     p.add_argument("--json", default=None, help="write results here")
     p.add_argument("--out-dir", default="runs/compare", help="plots, table.md, cached effect model")

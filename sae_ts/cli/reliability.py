@@ -11,8 +11,8 @@ from typing import Any, get_args
 import torch
 
 from ..effect_model import LinearEffectModel, load_default_effect_model
-from ..experiments.reliability_report import run_reliability
-from ..experiments.reliability_steering import SteerPositions
+from ..experiments.reliability.report import run_reliability
+from ..experiments.reliability.steering import SteerPositions
 from ..steering import SteeringVector
 from .common import add_model_args, load_from_args
 

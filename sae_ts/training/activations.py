@@ -25,6 +25,8 @@ from ..errors import ArtifactError, ConfigError, MissingFileError
 
 __all__ = ["ActivationCache", "CachedActivationBatches", "cache_activations", "check_cache_meta"]
 
+_FP16_MAX = 65_000.0
+
 
 @dataclass
 class ActivationCache:
@@ -156,7 +158,14 @@ def cache_activations(
                 acts = cache[hook_name]
                 keep = ~sink_mask(acts, ratio=sink_ratio)
                 idx = keep.nonzero()
-                acts_l.append(acts[keep].to(torch.float16).cpu())
+                kept = acts[keep]
+                if kept.numel() and float(kept.abs().max()) > _FP16_MAX:
+                    raise ConfigError(
+                        f"activations at {hook_name} reach {float(kept.abs().max()):.4g}, beyond "
+                        "the fp16 range of the cache; a sink the sink rule missed? Lower the "
+                        "sink ratio."
+                    )
+                acts_l.append(kept.to(torch.float16).cpu())
                 seq_l.append((idx[:, 0] + b).to(torch.int32).cpu())
                 pos_l.append(idx[:, 1].to(torch.int32).cpu())
         tmp = path.with_suffix(".tmp")

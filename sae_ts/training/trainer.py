@@ -23,8 +23,14 @@ from safetensors.torch import load_file, save_file
 from .._util import cache_dir
 from ..artifacts import versions, write_json_atomic
 from ..errors import ConfigError
-from ..models import EMBEDDED_MODEL, document_start_id, load_default_model
-from ..sae import DEFAULT_SAE_DIR, evaluate_sae, load_sae, make_windows, reconstruction_stats
+from ..models import (
+    DEFAULT_MODEL,
+    EMBEDDED_MODELS,
+    document_start_id,
+    embedded_spec,
+    load_default_model,
+)
+from ..sae import default_sae_dir, evaluate_sae, load_sae, make_windows, reconstruction_stats
 from ..types import SAELike
 from .activations import (
     ActivationCache,
@@ -49,9 +55,15 @@ log = logging.getLogger("sae_ts")
 
 @dataclass
 class TrainConfig:
-    """Everything that determines the trained SAE (all random choices derive from ``seed``)."""
+    """Everything that determines the trained SAE (all random choices derive from ``seed``).
+
+    ``model`` is an embedded model's key. The defaults rebuild SmolLM2's shipped TopK SAE;
+    :meth:`for_model` gives the settings of each embedded model's shipped SAE (Gemma 3 270M: a
+    JumpReLU SAE with the quadratic L0 penalty of Gemma Scope 2 around ``target_l0``).
+    """
 
     seed: int = 0
+    model: str = "smollm2-135m"
     layer: int = 12
     context_size: int = 128
     heldout_fraction: float = 0.05
@@ -59,10 +71,16 @@ class TrainConfig:
     max_train_tokens: int = 458_752  # 7 chunks of 512 windows × 128 tokens
     heldout_tokens: int = 150_000
     ood_tokens: int = 65_536
-    architecture: Literal["topk", "batchtopk"] = "topk"
+    architecture: Literal["topk", "batchtopk", "jumprelu"] = "topk"
     d_sae: int = 4096
     k: int = 64
     aux_loss_coefficient: float = 1.0
+    target_l0: float = 45.0
+    l0_coefficient: float = 1.0
+    l0_warm_up_steps: int = 0
+    jumprelu_bandwidth: float = 0.05
+    jumprelu_init_threshold: float = 0.01
+    pre_act_loss_coefficient: float = 0.0
     lr: float = 8e-4
     batch_size: int = 1024
     epochs: float = 4.0
@@ -77,14 +95,27 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.architecture not in ("topk", "batchtopk"):
-            raise ConfigError(f"architecture must be topk or batchtopk, got {self.architecture!r}")
+        if self.architecture not in ("topk", "batchtopk", "jumprelu"):
+            raise ConfigError(
+                f"architecture must be topk, batchtopk or jumprelu, got {self.architecture!r}"
+            )
+        if self.model not in EMBEDDED_MODELS:
+            raise ConfigError(f"model must be one of {sorted(EMBEDDED_MODELS)}, got {self.model!r}")
+        if self.architecture == "jumprelu" and not 0 < self.target_l0 <= self.d_sae:
+            raise ConfigError(f"target_l0 must be in (0, d_sae], got {self.target_l0}")
         if self.k <= 0 or self.k > self.d_sae:
             raise ConfigError(f"k must be in [1, d_sae], got k={self.k}, d_sae={self.d_sae}")
         if self.epochs <= 0 or self.batch_size <= 0 or self.lr <= 0:
             raise ConfigError("epochs, batch_size and lr must be positive")
         if not 0 <= self.decay_fraction < 1:
             raise ConfigError(f"decay_fraction must be in [0, 1), got {self.decay_fraction}")
+
+    @classmethod
+    def for_model(cls, model: str, **overrides: Any) -> TrainConfig:
+        """The settings of the SAE sae-ts ships for embedded model ``model``, with overrides."""
+        preset = dict(_PRESETS.get(model, {}))
+        preset.update(overrides)
+        return cls(model=model, **preset)
 
     @property
     def hook_name(self) -> str:
@@ -97,6 +128,23 @@ class TrainConfig:
         for key in ("threads", "extract_batch_size", "chunk_windows", "n_checkpoints"):
             d.pop(key)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+_PRESETS: dict[str, dict[str, Any]] = {
+    "smollm2-135m": {},
+    # Gemma 3 270M: sinks at layer 12 reach 5.5-7x the median norm (normal tokens <= 1.6x), so the
+    # sink ratio is 4; L0 in Gemma Scope 2's "medium" band (30-60).
+    "gemma-3-270m": {
+        "architecture": "jumprelu",
+        "sink_ratio": 4.0,
+        "d_sae": 8192,
+        "target_l0": 45.0,
+        "max_train_tokens": 1_048_576,
+        "lr": 5e-4,
+        "epochs": 3.0,
+        "pre_act_loss_coefficient": 3e-6,
+    },
+}
 
 
 def _latest_checkpoint(ckpt_root: Path) -> Path | None:
@@ -115,11 +163,30 @@ def _make_training_sae(cfg: TrainConfig, d_in: int, metadata: dict[str, Any]) ->
     from sae_lens import (
         BatchTopKTrainingSAE,
         BatchTopKTrainingSAEConfig,
+        JumpReLUTrainingSAE,
+        JumpReLUTrainingSAEConfig,
         TopKTrainingSAE,
         TopKTrainingSAEConfig,
     )
     from sae_lens.saes.sae import SAEMetadata
 
+    torch.manual_seed(cfg.seed)
+    if cfg.architecture == "jumprelu":
+        return JumpReLUTrainingSAE(
+            JumpReLUTrainingSAEConfig(
+                d_in=d_in,
+                d_sae=cfg.d_sae,
+                normalize_activations="expected_average_only_in",
+                metadata=SAEMetadata(**metadata),
+                jumprelu_sparsity_loss_mode="quadratic",
+                target_l0=cfg.target_l0,
+                l0_coefficient=cfg.l0_coefficient,
+                l0_warm_up_steps=cfg.l0_warm_up_steps,
+                jumprelu_bandwidth=cfg.jumprelu_bandwidth,
+                jumprelu_init_threshold=cfg.jumprelu_init_threshold,
+                pre_act_loss_coefficient=cfg.pre_act_loss_coefficient or None,
+            )
+        )
     common: dict[str, Any] = {
         "d_in": d_in,
         "d_sae": cfg.d_sae,
@@ -129,7 +196,6 @@ def _make_training_sae(cfg: TrainConfig, d_in: int, metadata: dict[str, Any]) ->
         "normalize_activations": "expected_average_only_in",
         "metadata": SAEMetadata(**metadata),
     }
-    torch.manual_seed(cfg.seed)
     if cfg.architecture == "batchtopk":
         return BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(**common))
     return TopKTrainingSAE(TopKTrainingSAEConfig(**common))
@@ -224,6 +290,8 @@ def export_sae(trained: Any, out_dir: Path, metadata: dict[str, Any]) -> Path:
     if getattr(trained.cfg, "rescale_acts_by_decoder_norm", False):
         trained.fold_W_dec_norm()
         trained.cfg.rescale_acts_by_decoder_norm = False
+    elif trained.cfg.architecture() == "jumprelu":
+        trained.fold_W_dec_norm()  # unit-norm decoder rows; thresholds scaled with the encoder
     md = trained.cfg.metadata.to_dict()
     md.update(metadata)
     trained.cfg.metadata = SAEMetadata(**md)
@@ -255,7 +323,7 @@ def build_caches(cfg: TrainConfig, work_dir: Path, progress: bool = True) -> dic
     """Build the corpus and the activation caches of every split (resumable); return a record."""
     torch.set_num_threads(cfg.threads)
     splits = build_corpus(seed=cfg.seed, heldout_fraction=cfg.heldout_fraction)
-    model = load_default_model()
+    model = load_default_model(model=cfg.model)
     bos = document_start_id(model)
     limits = {"train": cfg.max_train_tokens, "heldout": cfg.heldout_tokens, "ood": cfg.ood_tokens}
     record: dict[str, Any] = {}
@@ -268,7 +336,14 @@ def build_caches(cfg: TrainConfig, work_dir: Path, progress: bool = True) -> dic
         win = win[torch.randperm(win.shape[0], generator=g)]
         win = win[: max(1, limits[split] // cfg.context_size)]
         out = work_dir / split
-        check_cache_meta(out, {"hook_name": cfg.hook_name, "sink_ratio": cfg.sink_ratio})
+        check_cache_meta(
+            out,
+            {
+                "hook_name": cfg.hook_name,
+                "sink_ratio": cfg.sink_ratio,
+                "model_name": model.cfg.model_name,
+            },
+        )
         t0 = time.time()
         cache = cache_activations(
             model, win, out, cfg.hook_name, cfg.layer, sink_ratio=cfg.sink_ratio,
@@ -315,7 +390,11 @@ def _reference_norm(cache: ActivationCache) -> float:
 
 
 def evaluate_trained(
-    sae: SAELike, held: ActivationCache, ood: ActivationCache, ce_tokens: int | None
+    sae: SAELike,
+    held: ActivationCache,
+    ood: ActivationCache,
+    ce_tokens: int | None,
+    model: str = "smollm2-135m",
 ) -> dict[str, Any]:
     """Quality figures of a trained SAE on the cached held-out and out-of-domain splits.
 
@@ -336,10 +415,10 @@ def evaluate_trained(
     both = reconstruction_stats(sae, (b for c in (held, ood) for b in batches(c)))
     evals["combined"] = {k: both.as_dict()[k] for k in ("n_tokens", "dead_fraction", "n_dead")}
     if ce_tokens:
-        model = load_default_model()
+        lm = load_default_model(model=model)
         for split, cache in (("heldout", held), ("ood", ood)):
             res = evaluate_sae(
-                model, sae, windows=cache.tokens().to(torch.int64), max_tokens=ce_tokens,
+                lm, sae, windows=cache.tokens().to(torch.int64), max_tokens=ce_tokens,
                 ce_max_tokens=ce_tokens, progress=True,
             )  # fmt: skip
             evals[split].update(
@@ -368,17 +447,20 @@ def run_training(
     ce_tokens: int | None = 4_096,
     progress: bool = True,
 ) -> TrainingResult:
-    """Rebuild an SAE for the embedded model from scratch; resumable at every stage.
+    """Rebuild an embedded model's SAE from scratch; resumable at every stage.
 
     Builds the corpus and the activation caches in ``work_dir`` (default: the cache dir's
-    ``acts_l{layer}``), trains with sae-lens's trainer, exports the SAE to ``out`` (default: the
-    package's asset dir), evaluates it on the held-out and out-of-domain caches (CE loss on
+    ``acts_l{layer}`` for SmolLM2, ``acts_{model}_l{layer}`` for the others), trains with sae-lens's
+    trainer, exports the SAE to ``out`` (default: the package's asset dir for ``cfg.model``),
+    evaluates it on the held-out and out-of-domain caches (CE loss on
     ``ce_tokens`` tokens per split; None skips it) and writes ``sae_ts_training.json`` beside it.
     """
     cfg = cfg or TrainConfig()
     torch.manual_seed(cfg.seed)
-    work = Path(work_dir) if work_dir else cache_dir() / f"acts_l{cfg.layer}"
-    out_dir = Path(out) if out else DEFAULT_SAE_DIR
+    spec = embedded_spec(cfg.model)
+    tag = f"acts_l{cfg.layer}" if cfg.model == DEFAULT_MODEL else f"acts_{cfg.model}_l{cfg.layer}"
+    work = Path(work_dir) if work_dir else cache_dir() / tag
+    out_dir = Path(out) if out else default_sae_dir(cfg.model)
     t0 = time.time()
     record = build_caches(cfg, work, progress=progress)
     log.info("activation caches ready (%.0fs this run): %s", time.time() - t0, json.dumps(record))
@@ -387,7 +469,7 @@ def run_training(
     train_cache, held, ood = (ActivationCache(work / s) for s in ("train", "heldout", "ood"))
     ref_norm = _reference_norm(held)
     metadata: dict[str, Any] = {
-        "model_name": EMBEDDED_MODEL.name,
+        "model_name": spec.name,
         "hook_name": cfg.hook_name,
         "hook_head_index": None,
         "context_size": cfg.context_size,
@@ -406,7 +488,7 @@ def run_training(
     trained, stats = train_sae(cfg, train_cache, ckpt_root, metadata, progress=progress)
     stats["train_wall_s_this_run"] = round(time.time() - t1, 1)
     export_sae(trained, out_dir, {**metadata, "training": stats})
-    evals = evaluate_trained(load_sae(out_dir), held, ood, ce_tokens)
+    evals = evaluate_trained(load_sae(out_dir), held, ood, ce_tokens, model=cfg.model)
     report = {
         "train_config": asdict(cfg),
         "training": stats,

@@ -54,18 +54,23 @@ def test_stage_commands_are_registered() -> None:
 def test_train_flags_are_generated_from_train_config() -> None:
     import dataclasses
 
-    from sae_ts.cli.common import config_from_args
+    from sae_ts.cli.train import train_config_from_args
     from sae_ts.training import TrainConfig
 
     parser = build_parser()
-    a = parser.parse_args(["train-sae"])
-    cfg = config_from_args(TrainConfig, a)
-    assert cfg == TrainConfig()  # every default comes from the dataclass
+    assert train_config_from_args(parser.parse_args(["train-sae"])) == TrainConfig()
     flags = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "extra"]
-    assert all(hasattr(a, name) for name in flags)
     a = parser.parse_args(["train-sae", "--aux-coefficient", "0.5", "--architecture", "batchtopk"])
-    cfg = config_from_args(TrainConfig, a)
+    cfg = train_config_from_args(a)
     assert cfg.aux_loss_coefficient == 0.5 and cfg.architecture == "batchtopk"
+    # --model picks the model's preset; other flags still override it
+    gemma = train_config_from_args(parser.parse_args(["train-sae", "--model", "gemma-3-270m"]))
+    assert gemma == TrainConfig.for_model("gemma-3-270m")
+    assert gemma.architecture == "jumprelu" and gemma.sink_ratio == 4.0 and gemma.d_sae >= 4096
+    a = parser.parse_args(["train-sae", "--model", "gemma-3-270m", "--d-sae", "4096"])
+    assert train_config_from_args(a).d_sae == 4096 and train_config_from_args(a).target_l0 == 45
+    help_text = parser._subparsers._group_actions[0].choices["train-sae"].format_help()
+    assert all(f"--{name.replace('_', '-')}" in help_text for name in flags)
     with pytest.raises(SystemExit):
         parser.parse_args(["train-sae", "--architecture", "relu"])
 
@@ -222,7 +227,8 @@ def test_compare_on_a_new_task_directory_end_to_end(tmp_path, capsys, monkeypatc
     assert doc["validation"]["lm_criterion"]["pooled"]["n"] == 4
     assert doc["config"]["norm_unit"] == pytest.approx(143.75, abs=0.01)
     assert doc["config"]["effect_model"].endswith("smollm2-135m-res12-effects")
-    assert set(doc["mean"]) == {"unsteered", "caa", "sae", "sae_ts", "targeted"}
+    assert set(doc["mean"]) == {"unsteered", "caa", "sae", "sae_ts", "targeted", "fgaa", "prompt"}
+    assert r["prompt"]["norm_fraction"] is None and "vs_caa" in r["prompt"]
     assert (out / "saets_space_sweep.png").exists() and (out / "differences.png").exists()
     table = (out / "table.md").read_text()
     assert "unsteered" in table and "sae_ts − caa" in table
@@ -230,7 +236,7 @@ def test_compare_on_a_new_task_directory_end_to_end(tmp_path, capsys, monkeypatc
     assert "saets_space" in printed and "targeted − unsteered" in printed
 
     # a rerun with the same protocol resumes the finished task from its checkpoint, unchanged
-    import sae_ts.experiments.comparison as comparison
+    import sae_ts.experiments.compare.run as comparison
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("a checkpointed task was run again")
@@ -242,6 +248,27 @@ def test_compare_on_a_new_task_directory_end_to_end(tmp_path, capsys, monkeypatc
     assert "resumed" in capsys.readouterr().out
     again = json.loads((out / "r2.json").read_text())
     assert again["tasks"] == doc["tasks"] and again["mean"] == doc["mean"]
+
+
+@pytest.mark.slow
+def test_compare_with_another_target_selection_on_a_new_task(tmp_path, capsys, space_task):
+    """`sae-ts compare --task DIR --targets NAME`: the record says which rule picked which
+    latents, and why."""
+    import json
+
+    out = tmp_path / "cmp"
+    rc = main(["compare", "--task", str(space_task), "--budget", "smoke", "--targets", "output",
+               "--methods", "caa,sae,targeted,prompt", "--no-validation",
+               "--json", str(out / "r.json"), "--out-dir", str(out)])  # fmt: skip
+    assert rc == 0
+    r = json.loads((out / "r.json").read_text())["tasks"]["saets_space"]
+    assert r["features_source"] == "output" and r["selection"]["method"] == "output"
+    scores = {c["latent"]: c["score"] for c in r["selection"]["candidates"]}
+    chosen = [f["latent"] for f in r["features"]]
+    assert len(chosen) == 3 and min(scores[j] for j in chosen) >= sorted(scores.values())[-3]
+    assert set(r) >= {"caa", "sae", "targeted", "prompt"} and "sae_ts" not in r
+    with pytest.raises(SystemExit):
+        main(["compare", "--task", str(space_task), "--targets", "magic"])
 
 
 def test_reliability_command_end_to_end_on_a_tiny_model(

@@ -25,13 +25,15 @@ def test_budget_defaults_fit_a_small_cpu():
 
 
 @pytest.mark.parametrize(
-    "old", ["sae_ts.demo", "sae_ts.comparison", "sae_ts.reliability", "sae_ts.sae_training"]
-)
-def test_old_module_paths_still_import_with_a_warning(old):
+    "old",
+    ["sae_ts.demo", "sae_ts.comparison", "sae_ts.reliability_report", "sae_ts.sae_training",
+     "sae_ts.llm_judges", "sae_ts.experiments.comparison", "sae_ts.experiments.compare_stats"],
+)  # fmt: skip
+def test_old_module_paths_are_gone(old):
+    """The shims and the prefixed experiment modules were removed (a 0.1 package, no users)."""
     sys.modules.pop(old, None)
-    with pytest.warns(DeprecationWarning, match="moved to"):
-        mod = importlib.import_module(old)
-    assert mod.__all__
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module(old)
 
 
 def _rows(sae_ts_effect: float, noise: float) -> dict:

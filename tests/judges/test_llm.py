@@ -172,7 +172,7 @@ def test_hf_judge_on_embedded_model(hf_model):
 
 @pytest.mark.slow
 def test_llm_judge_factory_shares_one_hf_model(hf_model):
-    from sae_ts.experiments.comparison import Task, llm_judges
+    from sae_ts.experiments.compare.run import Task, llm_judges
 
     model, tok = hf_model
     make = llm_judges(hf_model=model, hf_tokenizer=tok)

@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-import sae_ts.experiments.compare_judges as compare_judges
-import sae_ts.experiments.comparison as comparison
+import sae_ts.experiments.compare.judges as compare_judges
+import sae_ts.experiments.compare.run as comparison
 from sae_ts.effect_model import LinearEffectModel
-from sae_ts.experiments.compare_stats import aggregate, paired_comparison, split_halves
-from sae_ts.experiments.comparison import (
+from sae_ts.experiments.compare.run import (
     CompareConfig,
     compare_task,
     load_task,
@@ -19,6 +18,7 @@ from sae_ts.experiments.comparison import (
     parse_feature_overrides,
     split_roles,
 )
+from sae_ts.experiments.compare.stats import aggregate, paired_comparison, split_halves
 from sae_ts.judges.offline import load_embedder
 from sae_ts.testing import tiny_sae
 from tests.judges.test_offline import CRITERION, NEG, POS
@@ -194,14 +194,14 @@ def test_no_text_builds_and_judges(tiny, tmp_path, monkeypatch, embedder, space_
     task = load_task(space_task)
     seen: dict[str, tuple] = {}
     _spy(monkeypatch, comparison, "caa_vector", seen, "caa")
-    _spy(monkeypatch, comparison, "select_targets", seen, "targets")
+    _spy(monkeypatch, comparison, "choose_targets", seen, "targets")
     _spy(monkeypatch, compare_judges, "EmbeddingBehaviorJudge", seen, "judge")
     cfg = CompareConfig.budget("smoke")
     rec = compare_task(tiny, sae, HOOK, task, None, ["caa", "sae"], cfg, embedder=embedder,
                        norm_unit=10.0)  # fmt: skip
     assert rec["judge"]["auroc_build_texts"] >= 0  # the judge scores build texts only to be checked
-    built = set(seen["caa"][1]) | set(seen["caa"][2]) | set(seen["targets"][2])
-    built |= set(seen["targets"][3])
+    built = set(seen["caa"][1]) | set(seen["caa"][2]) | set(seen["targets"][3])
+    built |= set(seen["targets"][4])
     judged = set(seen["judge"][0]) | set(seen["judge"][1])
     assert built and judged and not built & judged
     assert built | judged == set(task.pos) | set(task.neg)
@@ -225,7 +225,7 @@ def test_compare_task_end_to_end_on_a_tiny_model(tiny, tmp_path, embedder, space
     assert rec["features_source"] == "override" and "contexts" in rec["features"][0]
     un = rec["unsteered"]
     assert un["norm_fraction"] == 0.0 and un["ci"][0] <= un["score"] <= un["ci"][1]
-    for m in ("caa", "sae", "sae_ts", "targeted"):
+    for m in ("caa", "sae", "sae_ts", "targeted", "fgaa"):
         r = rec[m]
         assert 0 <= r["score"] <= 1 and r["ci"][0] <= r["score"] <= r["ci"][1]
         assert r["norm_fraction"] in r["curve"]["norm_fraction"]
@@ -241,7 +241,15 @@ def test_compare_task_end_to_end_on_a_tiny_model(tiny, tmp_path, embedder, space
     v = rec["validation"]["criterion_embedding"]
     assert v["n"] == 8 and -1 <= v["spearman"] <= 1 and "method" in rec["validation"]
     assert rec["judge"]["auroc_build_texts"] >= 0
-    assert rec["tokens_generated"] == (1 + 4 * 2 + 1) * 6 * 6
+    # the prompting row: judged like the rest, paired by sample, no norm to choose
+    p = rec["prompt"]
+    assert p["norm_fraction"] is None and "vs_caa" in p and "vs_unsteered" in p
+    assert p["ci"][0] <= p["score"] <= p["ci"][1] and len(p["heldout"]["behavior"]) == 3
+    assert "Always talk about" in p["instruction"] and task.name in p["instruction"]
+    assert all(ex.startswith("I think") and "Always talk" not in ex for ex in p["examples"])
+    # FGAA aims at its own weighted target; the others at the override
+    assert rec["fgaa_target"]["raise"] and rec["selection"]["method"] == "override"
+    assert rec["tokens_generated"] == (1 + 5 * 2 + 1 + 1) * 6 * 6
     assert (tmp_path / "out" / "saets_space_sweep.png").exists()
 
 

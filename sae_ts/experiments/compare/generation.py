@@ -17,25 +17,41 @@ streams is the vector's effect on the text, measured without another pass.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from transformer_lens import HookedTransformer
 
-from .._util import DEFAULT_SINK_RATIO, hook_layer, sink_mask, to_tokens
-from ..effects import typical_residual_norm
-from ..errors import ConfigError
-from ..generation import generate, sample
-from ..sae import check_pair, sink_reference_norm
-from ..steering import SteeringHook
-from ..types import HookFn, SAELike
+from ..._util import DEFAULT_SINK_RATIO, hook_layer, sink_mask, to_tokens
+from ...effects import typical_residual_norm
+from ...errors import ConfigError
+from ...generation import generate, sample
+from ...sae import check_pair, sink_reference_norm
+from ...steering import SteeringHook
+from ...types import HookFn, SAELike
+from .config import CompareConfig
 
-if TYPE_CHECKING:
-    from .comparison import CompareConfig
+__all__ = ["INSTRUCTION", "Generations", "instructed_prompt", "paired_generations"]
 
-__all__ = ["Generations", "paired_generations"]
+INSTRUCTION = "Always talk about {concept}."
+"""The prompting baseline's instruction: a system turn for a model with a chat template."""
+BASE_PREFIX = "The following text is about {concept}.\n\n"
+"""The prompting baseline for a base model (no chat template): a prefix before the prompt."""
+
+
+def instructed_prompt(model: HookedTransformer, concept: str, prompt: str) -> str:
+    """``prompt`` with the concept stated as an instruction: in a system turn before the
+    assistant's turn (which starts with ``prompt``) for a chat model, as a prefix for a base
+    model. Only the concept's name is used, never a judged text."""
+    tok = model.tokenizer
+    if tok is not None and getattr(tok, "chat_template", None):
+        turn = [{"role": "system", "content": INSTRUCTION.format(concept=concept)}]
+        head = tok.apply_chat_template(turn, tokenize=False, add_generation_prompt=True)
+        return str(head) + prompt
+    return BASE_PREFIX.format(concept=concept) + prompt
 
 
 @dataclass
@@ -92,13 +108,17 @@ def paired_generations(
     cfg: CompareConfig,
     stream: int = 0,
     sae: SAELike | None = None,
+    shown: Sequence[str] | None = None,
 ) -> Generations:
     """``cfg.samples`` paired generations of each condition ``c`` (``scales[c] * vectors[c]``).
 
     Sample ``i`` continues prompt ``cfg.prompts[i % len(prompts)]`` with the noise stream seeded by
     ``(cfg.seed, stream, i)``. With ``sae`` (reading ``hook_name``), the feature means of every
-    row are recorded (module docstring).
+    row are recorded (module docstring). ``shown`` replaces, in the texts, each prompt by what a
+    reader sees of it (the prompting baseline hides its instruction); the tokens keep it.
     """
+    if shown is not None and len(shown) != len(cfg.prompts):
+        raise ConfigError("need one shown prompt per prompt")
     n_c, n_p = len(scales), len(cfg.prompts)
     if vectors.ndim != 2 or vectors.shape[0] != n_c:
         raise ConfigError(f"need [conditions, d_model] vectors for {n_c} scales")
@@ -135,7 +155,10 @@ def paired_generations(
             )  # fmt: skip
             means = None if capture is None else capture.means()
             for k, ((c, i), r) in enumerate(zip(batch, ids)):
-                texts[c][i] = str(model.to_string(r[1:]))
+                if shown is None:
+                    texts[c][i] = str(model.to_string(r[1:]))
+                else:
+                    texts[c][i] = shown[pi] + str(model.to_string(r[toks.shape[1] :]))
                 tokens[c][i] = r.cpu()
                 if feats is not None and means is not None:
                     feats[c, i] = means[k]

@@ -3,7 +3,7 @@
 For each dataset: a stratified subsample, a stratified disjoint split (counts per answer layout
 recorded), vectors built on the train split, answer curves on the test split with the vector
 added at ``positions`` (Tan et al.'s rule by default, see
-:mod:`~sae_ts.experiments.reliability_steering`), on two strength axes:
+:mod:`~sae_ts.experiments.reliability.steering`), on two strength axes:
 
 * **strength** in units of the per-token residual norm (:data:`STRENGTHS`, -1.0 … 1.0 × the
   norm): every vector is a unit direction times ``s × norm``, so CAA and SAE-TS are compared at
@@ -38,12 +38,12 @@ from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from .._util import sha256_file
-from ..artifacts import read_checkpoint, write_checkpoint, write_json_atomic
-from ..effects import sae_fingerprint, typical_residual_norm
-from ..errors import ConfigError
-from ..types import SAELike
-from .reliability import (
+from ..._util import sha256_file
+from ...artifacts import read_checkpoint, write_checkpoint, write_json_atomic
+from ...effects import sae_fingerprint, typical_residual_norm
+from ...errors import ConfigError
+from ...types import SAELike
+from .items import (
     MULTIPLIERS,
     MCItem,
     layout_counts,
@@ -58,8 +58,8 @@ from .reliability import (
     stratified_sample,
     to_mc_items,
 )
-from .reliability_plots import plot_dataset, plot_id_vs_ood
-from .reliability_steering import (
+from .plots import plot_dataset, plot_id_vs_ood
+from .steering import (
     STRENGTHS,
     SteerPositions,
     answer_curves,

@@ -1,7 +1,7 @@
 """Steering multiple-choice answers (Tan et al.): where the vector is added, what is scored.
 
 The prompt is the chat-formatted question ending with the assistant turn's header
-(:func:`~sae_ts.experiments.reliability.mc_prompt`); the answer is ``(A)`` or ``(B)``. For
+(:func:`~sae_ts.experiments.reliability.items.mc_prompt`); the answer is ``(A)`` or ``(B)``. For
 SmolLM2's ChatML template the end of a prompt plus an answer tokenises as
 ``… <|im_start|> ass istant \\n ( A )``.
 
@@ -42,13 +42,13 @@ from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
-from ..baselines import find_features, mean_activations
-from ..effect_model import LinearEffectModel
-from ..errors import ConfigError
-from ..solver import Target, solve
-from ..steering import SteeringHook, add_hooks, check_vector
-from ..types import Method, SAELike
-from .reliability import MULTIPLIERS, MCItem, answer_layout, chat_prompt, mc_prompt
+from ...baselines import find_features, mean_activations
+from ...effect_model import LinearEffectModel
+from ...errors import ConfigError
+from ...solver import Target, solve
+from ...steering import SteeringHook, add_hooks, check_vector
+from ...types import Method, SAELike
+from .items import MULTIPLIERS, MCItem, answer_layout, chat_prompt, mc_prompt
 
 __all__ = [
     "STRENGTHS",

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sae_ts.errors import ArtifactError, ConfigError
-from sae_ts.experiments.reliability import (
+from sae_ts.experiments.reliability.items import (
     MCItem,
     answer_layout,
     layout_counts,
@@ -23,7 +23,7 @@ from sae_ts.experiments.reliability import (
     stratified_sample,
     to_mc_items,
 )
-from sae_ts.experiments.reliability_steering import (
+from sae_ts.experiments.reliability.steering import (
     answer_curves,
     answer_tokens,
     caa_mc_vector,
@@ -317,7 +317,7 @@ def test_shared_persona_file_balances(tmp_path):
 def test_report_on_a_fixture(tiny, tmp_path, kindness_persona):
     import json as _json
 
-    from sae_ts.experiments.reliability_report import run_reliability
+    from sae_ts.experiments.reliability.report import run_reliability
 
     ds = [kindness_persona]
     doc = run_reliability(
@@ -356,7 +356,7 @@ def test_report_on_a_fixture(tiny, tmp_path, kindness_persona):
 
 def test_vectors_are_compared_at_equal_norm(tiny, kindness_persona):
     from sae_ts.effect_model import LinearEffectModel
-    from sae_ts.experiments.reliability_report import analyse_dataset, analyse_dataset_multi
+    from sae_ts.experiments.reliability.report import analyse_dataset, analyse_dataset_multi
     from sae_ts.testing import tiny_sae
 
     ds = kindness_persona
@@ -385,7 +385,7 @@ def test_vectors_are_compared_at_equal_norm(tiny, kindness_persona):
 
 
 def test_report_resumes_finished_datasets(tiny, tmp_path, monkeypatch, kindness_persona):
-    import sae_ts.experiments.reliability_report as report
+    import sae_ts.experiments.reliability.report as report
 
     ds = [kindness_persona]
     kw = dict(max_items=None, multipliers=(-1.0, 0.0, 1.0), strengths=(-0.5, 0.0, 0.5),
@@ -422,7 +422,7 @@ def _pair_items(pairs: list[tuple[str, str, int]]) -> list[MCItem]:
 
 
 def test_letter_adjusted_removes_a_letter_push_that_the_plain_mean_credits():
-    from sae_ts.experiments.reliability import letter_adjusted
+    from sae_ts.experiments.reliability.items import letter_adjusted
 
     # unbalanced letters, as on the AI-risk sets; each letter L adds d[L] to its own logit
     items = _pair_items([("A", "B", 24), ("B", "A", 11), ("C", "A", 2), ("A", "C", 3)])
@@ -447,7 +447,7 @@ def test_letter_adjusted_removes_a_letter_push_that_the_plain_mean_credits():
 
 
 def test_letter_adjusted_says_when_letters_and_steering_cannot_be_separated():
-    from sae_ts.experiments.reliability import letter_adjusted
+    from sae_ts.experiments.reliability.items import letter_adjusted
 
     items = _pair_items([("A", "B", 8)])  # every positive is A: c and d_A - d_B are confounded
     r = letter_adjusted(np.ones(8), items)
@@ -457,7 +457,7 @@ def test_letter_adjusted_says_when_letters_and_steering_cannot_be_separated():
 
 
 def test_linearity_scores_straight_bent_and_flat_curves():
-    from sae_ts.experiments.reliability import linearity
+    from sae_ts.experiments.reliability.items import linearity
 
     x = np.array([-1.0, -0.5, 0.0, 0.5, 1.0])
     straight, bent, flat = 2 * x + 1, np.abs(x), np.zeros_like(x)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, MissingFileError
+from ...errors import ConfigError, MissingFileError
 
 __all__ = ["Task", "TaskRoles", "load_task", "split_roles"]
 

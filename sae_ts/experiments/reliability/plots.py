@@ -1,4 +1,4 @@
-"""Plots of the reliability analysis (records from :mod:`~sae_ts.experiments.reliability_report`).
+"""Plots of the reliability analysis (records from :mod:`~sae_ts.experiments.reliability.report`).
 
 :func:`plot_dataset`: one figure per dataset and vector with the mean propensity per answer
 layout along the strength axis, the slopes per layout and the |slope| distribution at the chosen
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import spearmanr
 
-from .reliability import MCItem, answer_layout
+from .items import MCItem, answer_layout
 
 __all__ = ["plot_dataset", "plot_id_vs_ood"]
 

@@ -1,6 +1,6 @@
 """Method comparison on concept tasks: CAA vs SAE latent vs SAE-TS vs sae-ts's solver.
 
-A task is a directory in the SAE-TS format (:mod:`~sae_ts.experiments.compare_tasks`). The
+A task is a directory in the SAE-TS format (:mod:`~sae_ts.experiments.compare.tasks`). The
 protocol, per task:
 
 1. **Roles.** The task's positive and negative texts are split by a seeded permutation into a
@@ -14,13 +14,13 @@ protocol, per task:
    Sample ``i`` of every method at every norm uses the same prompt and the same noise stream, so
    differences between methods are paired; norm 0 is the ``unsteered`` row, generated once.
 4. **Scores.** Behaviour and coherence per sample; the held-out, paired choice of norm and the
-   paired bootstrap CIs of :mod:`~sae_ts.experiments.compare_stats`.
+   paired bootstrap CIs of :mod:`~sae_ts.experiments.compare.stats`.
 5. **Target share and effect** of each method's vector at its chosen norm (at its best steered
    norm where unsteered was chosen), on the evaluation half's samples (32 rollouts at the full
    budget): the SAE features of the generated text, read during generation, minus those of the
    unsteered row on the same noise streams, with a paired bootstrap CI.
 6. **Judge validation.** A seeded subset of the generations (half unsteered, half steered) is
-   scored by independent judges as well (:mod:`~sae_ts.experiments.compare_judges`), and the
+   scored by independent judges as well (:mod:`~sae_ts.experiments.compare.judges`), and the
    agreement is reported.
 
 Budget of ``--budget full`` (the README's 9-task run: ``CompareConfig()``), from token counts.
@@ -40,7 +40,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -48,21 +48,23 @@ import numpy as np
 import torch
 from transformer_lens import HookedTransformer
 
-from ..artifacts import read_checkpoint, write_checkpoint
-from ..baselines import caa_vector, sae_latent_vector
-from ..effect_model import DEFAULT_EFFECT_MODEL, LinearEffectModel, load_default_effect_model
-from ..effects import sae_fingerprint, typical_residual_norm
-from ..errors import ConfigError, MissingFileError
-from ..executors import Executor, LocalExecutor
-from ..judges.offline import EmbeddingBehaviorJudge, auroc, load_embedder
-from ..judges.validation import judge_agreement
-from ..loading import Loaded, load_default
-from ..models import load_hf_model
-from ..solver import Target, predicted_stats, solve, target_stats
-from ..targets import LatentDensity, TargetLatent, latent_density, select_targets
-from ..types import SAELike
-from .compare_generation import Generations, paired_generations
-from .compare_judges import (
+from ...artifacts import read_checkpoint, write_checkpoint
+from ...baselines import caa_vector, sae_latent_vector
+from ...effect_model import DEFAULT_EFFECT_MODEL, LinearEffectModel, load_default_effect_model
+from ...effects import sae_fingerprint, typical_residual_norm
+from ...errors import ConfigError, MissingFileError
+from ...executors import Executor, LocalExecutor
+from ...judges.offline import EmbeddingBehaviorJudge, auroc, load_embedder
+from ...judges.validation import judge_agreement
+from ...loading import Loaded, load_default
+from ...models import load_hf_model
+from ...selection import Selection, choose_targets
+from ...solver import Target, predicted_stats, solve, target_stats
+from ...targets import LatentDensity, latent_density
+from ...types import SAELike
+from .config import METHODS, STEERED, CompareConfig
+from .generation import Generations, instructed_prompt, paired_generations
+from .judges import (
     JudgeFactory,
     ValidatorFactory,
     judges_from_args,
@@ -70,7 +72,7 @@ from .compare_judges import (
     offline_judges,
     offline_validators,
 )
-from .compare_stats import (
+from .stats import (
     UNSTEERED,
     aggregate,
     difference_table,
@@ -80,7 +82,7 @@ from .compare_stats import (
     plot_task,
     score_table,
 )
-from .compare_tasks import Task, TaskRoles, load_task, split_roles
+from .tasks import Task, TaskRoles, load_task, split_roles
 
 __all__ = [
     "METHODS",
@@ -104,62 +106,6 @@ __all__ = [
     "split_roles",
 ]
 
-METHODS = ("caa", "sae", "sae_ts", "targeted")
-FULL_NORMS = tuple(round(0.08 * i, 2) for i in range(11))  # 0, 0.08, ..., 0.8
-
-
-@dataclass(frozen=True)
-class CompareConfig:
-    """Sweep, sampling and measurement settings; ``budget()`` gives the CLI's presets.
-
-    ``norm_fractions`` are multiples of the per-token residual norm; 0 (the unsteered row) is
-    always included. ``samples`` per norm and method; sample ``i`` uses prompt
-    ``prompts[i % len(prompts)]``.
-    """
-
-    prompts: tuple[str, ...] = ("I think",)
-    norm_fractions: tuple[float, ...] = FULL_NORMS
-    samples: int = 64
-    max_new_tokens: int = 16
-    temperature: float = 1.0
-    top_k: int | None = 50
-    top_p: float | None = 0.3
-    n_features: int = 3
-    max_density: float = 0.1  # latents firing on more reference tokens than this are excluded
-    validation_samples: int = 32  # generations per task also scored by independent judges
-    bootstrap: int = 2000
-    batch_rows: int = 128
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.prompts or self.samples < 2 or self.max_new_tokens < 1:
-            raise ConfigError("need >= 1 prompt, >= 2 samples and >= 1 new token")
-        if any(f < 0 for f in self.norm_fractions) or not any(f > 0 for f in self.norm_fractions):
-            raise ConfigError("norm_fractions must be >= 0, with at least one > 0")
-        if self.bootstrap < 10 or self.batch_rows < 1:
-            raise ConfigError("need batch_rows >= 1 and bootstrap >= 10")
-
-    @property
-    def steered_fractions(self) -> list[float]:
-        return sorted({float(f) for f in self.norm_fractions if f > 0})
-
-    @classmethod
-    def budget(cls, name: str, **kw: Any) -> CompareConfig:
-        """``full`` (the README's run), ``quick`` (minutes a task) or ``smoke`` (tests)."""
-        presets: dict[str, dict[str, Any]] = {
-            "full": {},
-            "quick": dict(norm_fractions=(0.0, 0.16, 0.32, 0.48, 0.64, 0.8), samples=16,
-                          max_new_tokens=12, validation_samples=16, bootstrap=500),
-            "smoke": dict(norm_fractions=(0.0, 0.4, 0.8), samples=4, max_new_tokens=6,
-                          validation_samples=4, bootstrap=50),
-        }  # fmt: skip
-        if name not in presets:
-            raise ConfigError(f"unknown budget {name!r}; use one of {sorted(presets)}")
-        return cls(**{**presets[name], **kw})
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
 
 def build_vectors(
     model: HookedTransformer,
@@ -167,18 +113,21 @@ def build_vectors(
     build: Task,
     hook_name: str,
     effect_model: LinearEffectModel | None,
-    targets: Sequence[TargetLatent],
-    methods: Sequence[str] = METHODS,
-) -> tuple[dict[str, torch.Tensor], Target]:
-    """Unit vectors for each method from the build-role texts; all but CAA aim at ``targets``."""
-    unknown = set(methods) - set(METHODS)
+    target: Target,
+    methods: Sequence[str] = STEERED,
+    fgaa_target: Target | None = None,
+) -> dict[str, torch.Tensor]:
+    """Unit vectors for each steered method from the build-role texts.
+
+    CAA is the mean difference of activations; ``sae`` the weighted decoder rows of ``target``'s
+    raised latents; ``sae_ts`` (the paper's rule) and ``targeted`` solve for ``target`` with the
+    effect model; ``fgaa`` is the paper's rule on FGAA's own target (``fgaa_target``).
+    """
+    unknown = set(methods) - set(STEERED)
     if not methods:
         raise ConfigError(f"no methods to compare; choose from {METHODS}")
     if unknown:
-        raise ConfigError(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
-    if not targets:
-        raise ConfigError("no target latents")
-    target = Target({t.latent: t.weight for t in targets})
+        raise ConfigError(f"unknown steered methods {sorted(unknown)}; choose from {STEERED}")
     out: dict[str, torch.Tensor] = {}
     for m in methods:
         if m == "caa":
@@ -188,8 +137,13 @@ def build_vectors(
         else:
             if effect_model is None:
                 raise ConfigError(f"method {m!r} needs an effect model")
-            out[m] = solve(effect_model, target, "sae_ts" if m == "sae_ts" else "targeted")
-    return out, target
+            if m == "fgaa":
+                if fgaa_target is None:
+                    raise ConfigError("method 'fgaa' needs FGAA's target")
+                out[m] = solve(effect_model, fgaa_target, "sae_ts")
+            else:
+                out[m] = solve(effect_model, target, "sae_ts" if m == "sae_ts" else "targeted")
+    return out
 
 
 def _score(
@@ -325,22 +279,36 @@ def compare_task(
     """Run every method on one task; return the JSON-ready record (a plot into ``out_dir``).
 
     ``judges`` builds the behaviour and coherence judges from the judge-role texts (default
-    :func:`~sae_ts.experiments.compare_judges.offline_judges`); ``validators`` the independent
+    :func:`~sae_ts.experiments.compare.judges.offline_judges`); ``validators`` the independent
     judges it is checked against (none: no validation). ``norm_unit`` defaults to the per-token
     residual norm at the hook, ``density`` (for excluding dense latents) to none; ``features``
     overrides the target latents. The SAE must read ``hook_name``.
     """
     cfg = cfg or CompareConfig()
     roles = split_roles(task, cfg.seed)
+    unknown = set(methods) - set(METHODS)
+    if not methods or unknown:
+        raise ConfigError(f"unknown or no methods {sorted(unknown)}; choose from {METHODS}")
     if norm_unit is None:
         norm_unit = typical_residual_norm(model, hook_name)
-    targets = select_targets(
-        model, sae, roles.build.pos, roles.build.neg, hook_name, cfg.n_features, density,
-        cfg.max_density, override=features,
+
+    def select(rule: str, override: Mapping[int, float] | Sequence[int] | None) -> Selection:
+        return choose_targets(
+            rule, model, sae, roles.build.pos, roles.build.neg, hook_name, top=cfg.n_features,
+            density=density, max_density=cfg.max_density, effect_model=effect_model,
+            override=override,
+        )  # fmt: skip
+
+    selection = select(cfg.targets, features)
+    target = selection.target()
+    fgaa = None
+    if "fgaa" in methods:
+        fgaa = selection if selection.method == "fgaa" else select("fgaa", None)
+    steered = [m for m in methods if m in STEERED]
+    vectors = build_vectors(
+        model, sae, roles.build, hook_name, effect_model, target, steered,
+        None if fgaa is None else fgaa.target(),
     )  # fmt: skip
-    vectors, target = build_vectors(
-        model, sae, roles.build, hook_name, effect_model, targets, methods
-    )
     fracs = cfg.steered_fractions
     conds = [(UNSTEERED, 0.0)] + [(m, f) for m in vectors for f in fracs]
     d = model.cfg.d_model
@@ -349,6 +317,14 @@ def compare_task(
     run = paired_generations(model, hook_name, vecs, scales, cfg, stream=0, sae=sae)
     gens, feats = run.texts, run.features
     reference = paired_generations(model, hook_name, vecs[:1], scales[:1], cfg, stream=1).texts[0]
+    prompted: list[str] = []
+    if "prompt" in methods:  # the concept as an instruction; same noise streams as every row
+        instructed = replace(
+            cfg, prompts=tuple(instructed_prompt(model, task.name, p) for p in cfg.prompts)
+        )
+        prompted = paired_generations(
+            model, hook_name, vecs[:1], scales[:1], instructed, stream=0, shown=cfg.prompts
+        ).texts[0]
     make = judges or offline_judges(embedder, model)
     n_p = len(cfg.prompts)
     per_prompt = {
@@ -356,11 +332,14 @@ def compare_task(
         for pi, p in enumerate(cfg.prompts)
     }
     flat = [t for g in gens for t in g]
-    beh_all, coh_all = _score(per_prompt, flat, cfg)
+    beh_all, coh_all = _score(per_prompt, [*flat, *prompted], cfg)
     n = cfg.samples
     by = {
         c: (beh_all[k * n : (k + 1) * n], coh_all[k * n : (k + 1) * n]) for k, c in enumerate(conds)
     }
+    fixed = {}
+    if prompted:
+        fixed["prompt"] = (beh_all[len(flat) :], coh_all[len(flat) :])
     stats = paired_comparison(
         {m: {f: by[(m, f)][0] for f in fracs} for m in vectors},
         {m: {f: by[(m, f)][1] for f in fracs} for m in vectors},
@@ -368,15 +347,18 @@ def compare_task(
         reference="caa",
         seed=cfg.seed,
         bootstrap=cfg.bootstrap,
+        fixed=fixed,
     )
     split_b = stats["split"]["evaluation"]
     rec: dict[str, Any] = {
         "task": task.name,
         "roles": roles.to_dict(),
-        "features": [t.to_dict() for t in targets],
-        "features_source": "override" if features is not None else "selectivity",
+        "features": [t.to_dict() for t in selection.targets],
+        "features_source": {"input": "selectivity"}.get(selection.method, selection.method),
+        "selection": {k: v for k, v in selection.to_dict().items() if k != "latents"},
+        "fgaa_target": None if fgaa is None else fgaa.target().to_dict(),
         "norm_unit": norm_unit,
-        "tokens_generated": (len(conds) + 1) * n * cfg.max_new_tokens,
+        "tokens_generated": (len(conds) + 1 + bool(prompted)) * n * cfg.max_new_tokens,
         "split": stats["split"],
     }
     bj0 = per_prompt[0][0]
@@ -394,6 +376,9 @@ def compare_task(
         texts = gens[conds.index((UNSTEERED, 0.0) if f == 0 else (row, f))]
         e["examples"] = [texts[i] for i in split_b[:3]]
         rec[row] = e
+    if prompted:
+        rec["prompt"] = {**stats["prompt"], "examples": [prompted[i] for i in split_b[:3]],
+                         "instruction": instructed_prompt(model, task.name, cfg.prompts[0])}  # fmt: skip
     assert feats is not None
     index = {c: k for k, c in enumerate(conds)}
     for m, e in _effects(feats, index, rec, target, effect_model, vectors, cfg).items():
@@ -464,8 +449,12 @@ def run_comparison(
     features: Mapping[str, Mapping[int, float]] | None = None,
     validate: bool = True,
     executor: Executor | None = None,
+    targets: str = "input",
 ) -> dict[str, Any]:
     """``sae-ts compare``: every task x method on the embedded model; JSON, tables, plots.
+
+    ``targets``: the target-selection rule (:data:`sae_ts.selection.SELECTORS`) whose latents the
+    SAE methods aim at.
 
     ``effect_model_path``: a saved :class:`~sae_ts.effect_model.LinearEffectModel`, or ``None`` /
     ``"default"`` for the one shipped for the embedded SAE. ``features``: per task (directory
@@ -484,10 +473,10 @@ def run_comparison(
     say = log or _quiet
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = CompareConfig.budget(budget, seed=seed)
+    cfg = CompareConfig.budget(budget, seed=seed, targets=targets)
     model, sae, hook = load_default(device=device)
     em, em_src = None, None
-    if any(m in ("sae_ts", "targeted") for m in methods):
+    if any(m in ("sae_ts", "targeted", "fgaa") for m in methods) or targets == "effect":
         em, em_src = load_effect_model(effect_model_path)
         if em.d_model != model.cfg.d_model or em.d_sae != int(sae.cfg.d_sae):
             raise ConfigError(f"effect model {em_src} does not fit the model and SAE")
@@ -523,7 +512,7 @@ def run_comparison(
         write_checkpoint(
             _checkpoint_path(out, Path(task_dirs[i]).name), _task_key(run_key, *jobs[i]), rec
         )
-        _plot(jobs[i][0], rec, list(methods), out)
+        _plot(jobs[i][0], rec, [m for m in methods if m in STEERED], out)
         say(
             f"{Path(task_dirs[i]).name}: "
             + ", ".join(f"{m} {rec[m]['score']:.3f}" for m in [UNSTEERED, *methods])

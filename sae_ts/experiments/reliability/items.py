@@ -16,7 +16,7 @@ slope of propensity against the steering strength; the dataset's steerability is
 (here with a seeded bootstrap CI); an item is anti-steerable if its slope is <= 0; spurious
 factors are the share of slope variance explained by "positive answer is A", then additionally
 by "positive answer is Yes" (OLS). Steering itself is in
-:mod:`sae_ts.experiments.reliability_steering`.
+:mod:`sae_ts.experiments.reliability.steering`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import numpy as np
 from scipy.stats import bootstrap
 from transformer_lens import HookedTransformer
 
-from ..errors import ConfigError, MissingFileError
+from ...errors import ConfigError, MissingFileError
 
 __all__ = [
     "MULTIPLIERS",

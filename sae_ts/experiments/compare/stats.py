@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 
 __all__ = [
     "UNSTEERED",
@@ -55,6 +55,13 @@ def _score(beh: np.ndarray, coh: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return np.asarray(beh[idx].mean(-1) * coh[idx].mean(-1))
 
 
+def _harmonic(beh: np.ndarray, coh: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """AxBench's harmonic mean of mean behaviour and mean coherence over ``idx`` (vectorised)."""
+    b, c = np.asarray(beh[idx].mean(-1)), np.asarray(coh[idx].mean(-1))
+    ok = (b > 0) & (c > 0)
+    return np.where(ok, 2 * b * c / np.where(ok, b + c, 1.0), 0.0)
+
+
 def _ci(x: np.ndarray) -> list[float]:
     return [float(np.percentile(x, 2.5)), float(np.percentile(x, 97.5))]
 
@@ -66,12 +73,14 @@ def paired_comparison(
     reference: str = "caa",
     seed: int = 0,
     bootstrap: int = 2000,
+    fixed: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> dict[str, Any]:
     """Held-out scores of each method and of the unsteered row, with paired CIs.
 
     ``behavior[m][f]`` / ``coherence[m][f]``: per-sample scores of method ``m`` at norm fraction
-    ``f > 0``; ``unsteered``: the shared norm-0 (behaviour, coherence) arrays. Every array has the
-    same length. Returns, per method and for ``"unsteered"``, the chosen norm fraction, the score on
+    ``f > 0``; ``unsteered``: the shared norm-0 (behaviour, coherence) arrays; ``fixed``: rows
+    with nothing to choose (the prompting baseline), (behaviour, coherence) each, paired with the
+    rest by sample index (``norm_fraction`` None). Every array has the same length. Returns, per method and for ``"unsteered"``, the chosen norm fraction, the score on
     half B with its CI, behaviour, coherence, harmonic mean, the in-sample maximum, the evaluation
     half's per-sample scores, and the paired differences (with CIs) from ``reference`` and from
     unsteered.
@@ -113,6 +122,12 @@ def paired_comparison(
             },
         }
     out[UNSTEERED] = {"norm_fraction": 0.0}
+    for k, (fb, fc) in (fixed or {}).items():
+        fb, fc = np.asarray(fb, float), np.asarray(fc, float)
+        if len(fb) != n or len(fc) != n:
+            raise ConfigError(f"{k}: need {n} samples (as unsteered)")
+        chosen[k] = (float("nan"), fb, fc)
+        out[k] = {"norm_fraction": None, "fixed": True}
     boot = {k: _score(b, c, reps) for k, (_, b, c) in chosen.items()}
     for k, (_, b, c) in chosen.items():
         beh_b, coh_b = float(b[b_idx].mean()), float(c[b_idx].mean())
@@ -148,7 +163,9 @@ def aggregate(
         raise ConfigError("no task records to aggregate")
     rng = np.random.default_rng(seed + 2)
     boot = {r: np.zeros(bootstrap) for r in rows}
+    hboot = {r: np.zeros(bootstrap) for r in rows}
     point = {r: 0.0 for r in rows}
+    hpoint = {r: 0.0 for r in rows}
     for rec in records.values():
         n_b = len(rec[rows[0]]["heldout"]["behavior"])
         reps = rng.integers(0, n_b, size=(bootstrap, n_b))
@@ -156,10 +173,13 @@ def aggregate(
             b = np.asarray(rec[r]["heldout"]["behavior"])
             c = np.asarray(rec[r]["heldout"]["coherence"])
             boot[r] += _score(b, c, reps) / len(records)
+            hboot[r] += _harmonic(b, c, reps) / len(records)
             point[r] += rec[r]["score"] / len(records)
+            hpoint[r] += float(_harmonic(b, c, np.arange(n_b))) / len(records)
     out: dict[str, Any] = {}
     for r in rows:
-        out[r] = {"score": point[r], "ci": _ci(boot[r])}
+        out[r] = {"score": point[r], "ci": _ci(boot[r]), "harmonic": hpoint[r],
+                  "harmonic_ci": _ci(hboot[r])}  # fmt: skip
         for other, key in ((reference, "vs_" + reference), (UNSTEERED, "vs_unsteered")):
             if other in rows and other != r:
                 out[r][key] = {"diff": point[r] - point[other], "ci": _ci(boot[r] - boot[other])}
@@ -167,7 +187,8 @@ def aggregate(
 
 
 def score_table(results: Mapping[str, Mapping[str, Any]], rows: Sequence[str]) -> str:
-    """Tasks x rows: held-out score [95% CI] (chosen norm fraction); the mean row last."""
+    """Tasks x rows: held-out score [95% CI] (chosen norm fraction; — for the prompt row); the
+    mean row last, with AxBench's harmonic mean under it."""
     head = "| task | " + " | ".join(rows) + " |\n|---|" + "---|" * len(rows)
     lines = [head]
     for task, r in results.items():
@@ -175,7 +196,7 @@ def score_table(results: Mapping[str, Mapping[str, Any]], rows: Sequence[str]) -
             continue
         cells = [
             f"{r[m]['score']:.3f} [{r[m]['ci'][0]:.3f}, {r[m]['ci'][1]:.3f}] "
-            f"({r[m]['norm_fraction']:.2f})"
+            + ("(—)" if r[m]["norm_fraction"] is None else f"({r[m]['norm_fraction']:.2f})")
             for m in rows
         ]
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
@@ -186,6 +207,9 @@ def score_table(results: Mapping[str, Mapping[str, Any]], rows: Sequence[str]) -
             for m in rows
         ]
         lines.append("| **mean** | " + " | ".join(cells) + " |")
+        if all("harmonic" in agg[m] for m in rows):
+            cells = [f"{agg[m]['harmonic']:.3f}" for m in rows]
+            lines.append("| mean harmonic (AxBench) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -1,7 +1,7 @@
 """The comparison's judges: which judge scores, and which independent judges check it.
 
 A :data:`JudgeFactory` builds the behaviour and coherence judges of one task from the task's
-*judge-role* texts (:func:`~sae_ts.experiments.compare_tasks.split_roles`), unsteered reference
+*judge-role* texts (:func:`~sae_ts.experiments.compare.tasks.split_roles`), unsteered reference
 generations (coherence calibration) and the prompt. A :data:`ValidatorFactory` builds the
 independent judges that the behaviour judge is compared with on generated text.
 """
@@ -14,12 +14,12 @@ from typing import Any
 
 from transformer_lens import HookedTransformer
 
-from ..errors import ConfigError
-from ..judges.base import Judge
-from ..judges.llm import APICriterionJudge, ChatClient, HFCriterionJudge
-from ..judges.offline import CoherenceJudge, EmbeddingBehaviorJudge
-from ..judges.validation import CriterionSimilarityJudge
-from .compare_tasks import Task
+from ...errors import ConfigError
+from ...judges.base import Judge
+from ...judges.llm import APICriterionJudge, ChatClient, HFCriterionJudge
+from ...judges.offline import CoherenceJudge, EmbeddingBehaviorJudge
+from ...judges.validation import CriterionSimilarityJudge
+from .tasks import Task
 
 __all__ = [
     "JudgeFactory",
