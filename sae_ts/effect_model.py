@@ -23,7 +23,7 @@ import torch
 
 from .artifacts import load_artifact, save_artifact
 from .effects import EffectDataset
-from .errors import ConfigError
+from .errors import ConfigError, MissingFileError
 
 __all__ = [
     "DEFAULT_EFFECT_MODEL",
@@ -42,6 +42,11 @@ __all__ = [
 DEFAULT_EFFECT_MODEL: Path = (
     Path(__file__).resolve().parent / "assets" / "smollm2-135m-res12-effects"
 )
+EMBEDDED_EFFECT_MODELS: dict[str, Path] = {
+    "smollm2-135m": DEFAULT_EFFECT_MODEL,
+    "gemma-3-270m": DEFAULT_EFFECT_MODEL.with_name("gemma-3-270m-res12-effects"),
+}
+"""The effect model shipped for each embedded model's SAE (by model key)."""
 
 
 @dataclass
@@ -230,18 +235,24 @@ def _record(ds: EffectDataset, report: FitReport) -> dict[str, Any]:
     }
 
 
-def load_default_effect_model() -> LinearEffectModel:
-    """The effect model shipped for the embedded model and SAE (``blocks.12.hook_resid_post``).
+def load_default_effect_model(model: str = "smollm2-135m") -> LinearEffectModel:
+    """The effect model shipped for an embedded model and its SAE (``blocks.12.hook_resid_post``).
 
-    Fitted by closed-form ridge on the effects measured by the statistical-budget benchmark
-    (its record says how many vectors, rollouts and which scale); see the README.
+    Fitted by closed-form ridge on the effects measured by the effect campaign (its record says
+    how many vectors, rollouts and which scale); see the README.
     """
-    if not DEFAULT_EFFECT_MODEL.with_suffix(".safetensors").exists():
-        raise FileNotFoundError(
-            f"no shipped effect model at {DEFAULT_EFFECT_MODEL}; estimate one with "
-            "`sae-ts estimate` and `sae-ts fit`"
+    if model not in EMBEDDED_EFFECT_MODELS:
+        raise ConfigError(
+            f"no effect model is shipped for {model!r}; the embedded models are "
+            f"{sorted(EMBEDDED_EFFECT_MODELS)}"
         )
-    em = LinearEffectModel.load(DEFAULT_EFFECT_MODEL)  # stored in fp16 to keep the wheel small
+    path = DEFAULT_EFFECT_MODEL if model == "smollm2-135m" else EMBEDDED_EFFECT_MODELS[model]
+    if not path.with_suffix(".safetensors").exists():
+        raise MissingFileError(
+            f"no shipped effect model for {model} at {path}; estimate one with "
+            "`sae-ts estimate` and `sae-ts fit` (see benchmarks/effect_campaign.py)"
+        )
+    em = LinearEffectModel.load(path)  # stored in fp16 to keep the wheel small
     return LinearEffectModel(em.W.float(), em.b.float(), em.record)
 
 

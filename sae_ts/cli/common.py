@@ -16,9 +16,8 @@ import torch
 
 from ..errors import ConfigError
 from ..executors import RayExecutor
-from ..loading import Loaded, check_pair, load, load_default
-from ..models import load_default_model
-from ..sae import load_sae
+from ..loading import Loaded, load, load_default
+from ..models import DEFAULT_MODEL, EMBEDDED_MODELS
 from ..solver import Target
 
 __all__ = [
@@ -52,7 +51,10 @@ def add_model_args(p: argparse.ArgumentParser, sae_dir: bool = False) -> None:
         "model and SAE (default: the embedded SmolLM2-135M-Instruct + its SAE)"
     )
     g.add_argument(
-        "--model", default=None, help="TransformerLens model name (hub), e.g. gpt2-small"
+        "--model",
+        default=None,
+        help="an embedded model (smollm2-135m, gemma-3-270m: offline, with sae-ts's SAE) or a "
+        "TransformerLens model name from the hub, e.g. gpt2-small",
     )
     g.add_argument(
         "--sae-release",
@@ -74,22 +76,22 @@ def load_from_args(args: argparse.Namespace) -> Loaded:
     """Load the model+SAE named by :func:`add_model_args`'s options."""
     dtype = DTYPES[args.dtype]
     sae_path = getattr(args, "sae", None)
+    embedded = args.model is None or args.model in EMBEDDED_MODELS
     if sae_path:
         if args.sae_release or args.sae_id:
             raise ConfigError("--sae and --sae-release/--sae-id exclude each other")
-        if args.model:
-            from transformer_lens import HookedTransformer
-
-            model = HookedTransformer.from_pretrained(args.model, device=args.device, dtype=dtype)
-        else:
-            model = load_default_model(device=args.device, dtype=dtype)
-        sae = load_sae(sae_path, device=args.device, dtype=dtype)
-        return Loaded(model, sae, check_pair(model, sae))
-    if args.model or args.sae_release or args.sae_id:
-        if not (args.model and args.sae_release and args.sae_id):
-            raise ConfigError("--model, --sae-release and --sae-id go together")
-        return load(args.model, args.sae_release, args.sae_id, device=args.device, dtype=dtype)
-    return load_default(device=args.device, dtype=dtype)
+        return load(args.model or DEFAULT_MODEL, sae_path, device=args.device, dtype=dtype)
+    if args.sae_release or args.sae_id:
+        if not (args.sae_release and args.sae_id):
+            raise ConfigError("--sae-release and --sae-id go together")
+        model = args.model or DEFAULT_MODEL
+        return load(model, args.sae_release, args.sae_id, device=args.device, dtype=dtype)
+    if not embedded:
+        raise ConfigError(
+            f"--model {args.model} is a hub model: name its SAE with --sae-release and --sae-id "
+            f"(or --sae DIR); only the embedded models {sorted(EMBEDDED_MODELS)} have one shipped"
+        )
+    return load_default(device=args.device, dtype=dtype, model=args.model or DEFAULT_MODEL)
 
 
 def loader_from_args(args: argparse.Namespace) -> Callable[[], Loaded]:

@@ -14,6 +14,7 @@ from ..experiments.compare.run import (
     run_comparison,
 )
 from ..loading import load_default
+from ..models import DEFAULT_MODEL, EMBEDDED_MODELS
 from ..selection import SELECTORS
 from .common import add_ray_args, executor_from_args
 
@@ -22,7 +23,9 @@ __all__ = ["add_cli_commands"]
 
 def _cmd(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    executor = executor_from_args(args, functools.partial(load_default, device=args.device))
+    executor = executor_from_args(
+        args, functools.partial(load_default, device=args.device, model=args.model)
+    )
     judges = judges_from_args(
         args.judge, args.judge_model, args.judge_base_url,
         Path(args.out_dir) / "judge_cache", args.device,
@@ -43,6 +46,7 @@ def _cmd(args: argparse.Namespace) -> int:
             validate=not args.no_validation,
             executor=executor,
             targets=args.targets,
+            model_name=args.model,
         )
     finally:
         if executor is not None:
@@ -117,5 +121,11 @@ def add_cli_commands(sub: Any) -> None:
     p.add_argument("--judge-base-url", default=None, help="API root, e.g. http://localhost:8000/v1")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, mps ...")
+    p.add_argument(
+        "--model",
+        choices=sorted(EMBEDDED_MODELS),
+        default=DEFAULT_MODEL,
+        help="the embedded model, with its shipped SAE and effect model",
+    )
     add_ray_args(p)
     p.set_defaults(func=_cmd)

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from sae_ts.cli import build_parser, main
 
@@ -104,7 +105,40 @@ def test_only_deliberate_errors_become_one_line(monkeypatch, capsys) -> None:
 
 def test_hub_arguments_must_come_together(capsys):
     assert main(["find-features", "--model", "gpt2-small", "--pos", "a", "--neg", "b"]) == 1
+    assert "name its SAE with --sae-release" in capsys.readouterr().err
+    argv = ["find-features", "--sae-release", "gpt2-small-res-jb", "--pos", "a", "--neg", "b"]
+    assert main(argv) == 1
     assert "go together" in capsys.readouterr().err
+
+
+def test_model_flag_takes_embedded_keys(monkeypatch):
+    """--model smollm2-135m / gemma-3-270m load the embedded model with its shipped SAE;
+    with --sae-release/--sae-id the embedded model is paired with a hub SAE."""
+    import argparse
+
+    from sae_ts.cli import common
+
+    calls = []
+    monkeypatch.setattr(common, "load_default", lambda **kw: calls.append(("default", kw)))
+    monkeypatch.setattr(common, "load", lambda *a, **kw: calls.append(("load", a)))
+
+    def ns(**kw):
+        base = dict(model=None, sae_release=None, sae_id=None, sae=None, device="cpu",
+                    dtype="float32")  # fmt: skip
+        return argparse.Namespace(**{**base, **kw})
+
+    common.load_from_args(ns(model="gemma-3-270m"))
+    common.load_from_args(ns())
+    rel, sid = "gemma-scope-2-270m-pt-res", "layer_12_width_16k_l0_medium"
+    common.load_from_args(ns(model="gemma-3-270m", sae_release=rel, sae_id=sid))
+    common.load_from_args(ns(model="gemma-3-270m", sae="some/dir"))
+    assert calls[0] == (
+        "default",
+        {"device": "cpu", "dtype": torch.float32, "model": "gemma-3-270m"},
+    )
+    assert calls[1][1]["model"] == "smollm2-135m"
+    assert calls[2] == ("load", ("gemma-3-270m", rel, sid))
+    assert calls[3] == ("load", ("gemma-3-270m", "some/dir"))
 
 
 @pytest.mark.slow

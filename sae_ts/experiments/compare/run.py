@@ -50,7 +50,7 @@ from transformer_lens import HookedTransformer
 
 from ...artifacts import read_checkpoint, write_checkpoint
 from ...baselines import caa_vector, sae_latent_vector
-from ...effect_model import DEFAULT_EFFECT_MODEL, LinearEffectModel, load_default_effect_model
+from ...effect_model import EMBEDDED_EFFECT_MODELS, LinearEffectModel, load_default_effect_model
 from ...effects import sae_fingerprint, typical_residual_norm
 from ...errors import ConfigError, MissingFileError
 from ...executors import Executor, LocalExecutor
@@ -401,11 +401,14 @@ def _plot(task: Task, rec: Mapping[str, Any], methods: list[str], out_dir: Path)
     plot_task(task.name, rec, methods, out_dir / f"{name}_sweep.png")
 
 
-def load_effect_model(path: str | Path | None = None) -> tuple[LinearEffectModel, str]:
-    """The shipped effect model (``None`` or ``"default"``) or a saved one; and where it came from."""
+def load_effect_model(
+    path: str | Path | None = None, model: str = "smollm2-135m"
+) -> tuple[LinearEffectModel, str]:
+    """The effect model shipped for embedded ``model`` (``path`` None or ``"default"``) or a saved
+    one; and where it came from."""
     if path is None or str(path) == "default":
         try:
-            return load_default_effect_model(), str(DEFAULT_EFFECT_MODEL)
+            return load_default_effect_model(model), str(EMBEDDED_EFFECT_MODELS[model])
         except FileNotFoundError as e:
             raise MissingFileError(str(e)) from e
     em = LinearEffectModel.load(path)
@@ -450,11 +453,13 @@ def run_comparison(
     validate: bool = True,
     executor: Executor | None = None,
     targets: str = "input",
+    model_name: str = "smollm2-135m",
 ) -> dict[str, Any]:
     """``sae-ts compare``: every task x method on the embedded model; JSON, tables, plots.
 
     ``targets``: the target-selection rule (:data:`sae_ts.selection.SELECTORS`) whose latents the
-    SAE methods aim at.
+    SAE methods aim at. ``model_name``: the embedded model (``"smollm2-135m"`` or
+    ``"gemma-3-270m"``); its shipped SAE and effect model are used.
 
     ``effect_model_path``: a saved :class:`~sae_ts.effect_model.LinearEffectModel`, or ``None`` /
     ``"default"`` for the one shipped for the embedded SAE. ``features``: per task (directory
@@ -474,10 +479,10 @@ def run_comparison(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg = CompareConfig.budget(budget, seed=seed, targets=targets)
-    model, sae, hook = load_default(device=device)
+    model, sae, hook = load_default(device=device, model=model_name)
     em, em_src = None, None
     if any(m in ("sae_ts", "targeted", "fgaa") for m in methods) or targets == "effect":
-        em, em_src = load_effect_model(effect_model_path)
+        em, em_src = load_effect_model(effect_model_path, model_name)
         if em.d_model != model.cfg.d_model or em.d_sae != int(sae.cfg.d_sae):
             raise ConfigError(f"effect model {em_src} does not fit the model and SAE")
     norm_unit = typical_residual_norm(model, hook)
