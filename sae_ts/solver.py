@@ -23,6 +23,7 @@ a local bias correction, solve again, and report predicted vs measured at each s
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,12 +40,80 @@ __all__ = [
     "Method",
     "RefineStep",
     "Target",
+    "parse_feature_spec",
+    "parse_id_list",
     "predicted_stats",
     "refine",
     "solve",
     "solve_with_info",
     "target_stats",
 ]
+
+
+_ID = re.compile(r"[0-9]+")
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _entries(spec: str, what: str) -> list[str]:
+    if not isinstance(spec, str):
+        raise ConfigError(f"{what}: expected a string, got {type(spec).__name__}")
+    parts = [p.strip() for p in spec.split(",")]
+    if any(not p for p in parts):
+        raise ConfigError(f"{what}: empty entry in {spec!r} (a doubled or trailing comma?)")
+    return parts
+
+
+def _feature_id(text: str, what: str) -> int:
+    # ASCII digits only: str.isdigit() and int() also take other scripts' digits ("１")
+    if not _ID.fullmatch(text):
+        raise ConfigError(f"{what}: {text!r} is not a feature id (ASCII digits 0-9)")
+    return int(text)
+
+
+def parse_feature_spec(spec: str | None, what: str = "--features") -> dict[int, float]:
+    """``"12:1.0, 45:0.5, 7"`` -> ``{12: 1.0, 45: 0.5, 7: 1.0}``: ids with positive weights.
+
+    Entries are ``ID`` (weight 1) or ``ID:WEIGHT``, separated by commas; spaces around ids, colons
+    and weights are ignored. Refused, with a message naming ``what``: an empty entry or weight,
+    an id that is not ASCII digits, a weight that is not a finite number in (0, float32 max], and
+    an id given twice (even with equal weights). ``None`` or ``""`` is no feature.
+    """
+    out: dict[int, float] = {}
+    if spec is None or (isinstance(spec, str) and not spec.strip()):
+        return out
+    for part in _entries(spec, what):
+        fid, sep, w = (x.strip() for x in part.partition(":"))
+        i = _feature_id(fid, what)
+        if sep and not w:
+            raise ConfigError(f"{what}: {part!r} has an empty weight (use ID or ID:WEIGHT)")
+        try:
+            weight = float(w) if sep else 1.0
+        except ValueError as e:
+            raise ConfigError(f"{what}: weight {w!r} of feature {i} is not a number") from e
+        if not (np.isfinite(weight) and 0 < weight <= _FLOAT32_MAX):
+            raise ConfigError(
+                f"{what}: weight {w!r} of feature {i} must be a finite number in "
+                f"(0, {_FLOAT32_MAX:.4g}]"
+            )
+        if i in out:
+            raise ConfigError(f"{what}: feature {i} is given twice")
+        out[i] = weight
+    return out
+
+
+def parse_id_list(spec: str | None, what: str = "--hold") -> list[int]:
+    """``"7, 8"`` -> ``[7, 8]``: feature ids without weights; duplicates and weights refused."""
+    if spec is None or (isinstance(spec, str) and not spec.strip()):
+        return []
+    ids = []
+    for part in _entries(spec, what):
+        if ":" in part:
+            raise ConfigError(f"{what}: {part!r}: these features take no weight")
+        i = _feature_id(part, what)
+        if i in ids:
+            raise ConfigError(f"{what}: feature {i} is given twice")
+        ids.append(i)
+    return ids
 
 
 @dataclass(frozen=True)

@@ -72,3 +72,12 @@ def gemma_model():
     from sae_ts.models import load_default_model
 
     return load_default_model(model="gemma-3-270m")
+
+
+# Property-based tests: a fixed, derandomised profile in `make test` (a failure prints the
+# example and replays the same way on the next run); HYPOTHESIS_PROFILE=deep for a longer search.
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("ci", derandomize=True, max_examples=60, deadline=None, print_blob=True)
+settings.register_profile("deep", max_examples=2000, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

@@ -18,7 +18,7 @@ from ..errors import ConfigError
 from ..executors import RayExecutor
 from ..loading import Loaded, load, load_default
 from ..models import DEFAULT_MODEL, EMBEDDED_MODELS
-from ..solver import Target
+from ..solver import Target, parse_feature_spec, parse_id_list
 
 __all__ = [
     "DTYPES",
@@ -218,31 +218,18 @@ def config_from_args(cls: type[C], args: argparse.Namespace, **overrides: Any) -
 # Small parsers
 
 
-def parse_features(spec: str | None) -> dict[int, float]:
-    """``"12:1.0,45:0.5,7"`` -> ``{12: 1.0, 45: 0.5, 7: 1.0}``."""
-    out: dict[int, float] = {}
-    if not spec:
-        return out
-    for part in spec.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        fid, _, w = part.partition(":")
-        try:
-            out[int(fid)] = float(w) if w else 1.0
-        except ValueError as e:
-            raise ConfigError(
-                f"bad feature spec {part!r}; use ID or ID:WEIGHT, comma-separated"
-            ) from e
-    return out
+def parse_features(spec: str | None, what: str = "--features") -> dict[int, float]:
+    """``"12:1.0,45:0.5,7"`` -> ``{12: 1.0, 45: 0.5, 7: 1.0}``
+    (:func:`sae_ts.solver.parse_feature_spec`)."""
+    return parse_feature_spec(spec, what)
 
 
 def target_from_args(args: argparse.Namespace) -> Target:
     """The :class:`~sae_ts.solver.Target` of ``--features``, ``--hold`` and ``--suppress``."""
     return Target(
         parse_features(args.features),
-        list(parse_features(args.hold)),
-        parse_features(args.suppress),
+        parse_id_list(args.hold, "--hold"),
+        parse_features(args.suppress, "--suppress"),
     )
 
 

@@ -38,7 +38,7 @@ def test_parse_features():
 
     assert parse_features("12:1.0, 45:0.5,7") == {12: 1.0, 45: 0.5, 7: 1.0}
     assert parse_features(None) == {}
-    with pytest.raises(ValueError, match="bad feature spec"):
+    with pytest.raises(ValueError, match="not a feature id"):
         parse_features("x:1")
 
 

@@ -59,7 +59,7 @@ from ...judges.validation import judge_agreement
 from ...loading import Loaded, load_default
 from ...models import load_hf_model
 from ...selection import Selection, choose_targets
-from ...solver import Target, predicted_stats, solve, target_stats
+from ...solver import Target, parse_feature_spec, predicted_stats, solve, target_stats
 from ...targets import LatentDensity, latent_density
 from ...types import SAELike
 from .config import METHODS, STEERED, CompareConfig
@@ -419,22 +419,18 @@ def parse_feature_overrides(specs: Sequence[str]) -> dict[str, dict[int, float]]
     """``["wedding=4230,17:0.5", ...]`` -> ``{"wedding": {4230: 1.0, 17: 0.5}}``.
 
     A spec without ``TASK=`` applies to every task (key ``"*"``). Weights default to 1 and are
-    L2-normalised later.
+    L2-normalised later; the id list follows :func:`~sae_ts.solver.parse_feature_spec`. A task
+    named twice is refused.
     """
     out: dict[str, dict[int, float]] = {}
     for spec in specs:
         name, _, ids = spec.rpartition("=")
-        feats: dict[int, float] = {}
-        try:
-            for part in ids.split(","):
-                if part.strip():
-                    f, _, w = part.partition(":")
-                    feats[int(f)] = float(w) if w else 1.0
-        except ValueError as e:
-            raise ConfigError(f"bad --features {spec!r}: use TASK=ID[:WEIGHT],ID...") from e
-        if not feats:
-            raise ConfigError(f"--features {spec!r} names no latent")
-        out[name.strip() or "*"] = feats
+        if not ids.strip():
+            raise ConfigError(f"--features {spec!r} names no latent (use TASK=ID[:WEIGHT],ID...)")
+        key = name.strip() or "*"
+        if key in out:
+            raise ConfigError(f"--features: task {key!r} is given twice")
+        out[key] = parse_feature_spec(ids, f"--features {spec!r}")
     return out
 
 

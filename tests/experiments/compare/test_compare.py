@@ -171,10 +171,12 @@ def test_parse_feature_overrides():
         "wedding": {4230: 1.0, 17: 0.5},
         "*": {12: 1.0},
     }
-    with pytest.raises(ValueError, match="TASK=ID"):
+    with pytest.raises(ValueError, match="not a feature id"):
         parse_feature_overrides(["wedding=x"])
     with pytest.raises(ValueError, match="no latent"):
         parse_feature_overrides(["wedding="])
+    with pytest.raises(ValueError, match="given twice"):
+        parse_feature_overrides(["wedding=1", "wedding=2"])
 
 
 def _spy(monkeypatch, module, name, log, key):
