@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import tempfile
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ._util import sha256_file
 from .errors import ArtifactError
 
 __all__ = [
@@ -89,7 +91,7 @@ def read_checkpoint(path: Path, key: str, what: str = "checkpoint") -> Any | Non
         # checkpoints written before write_checkpoint existed named the payload per job
         field = next((f for f in ("record", "records") if f in doc), "payload")
         payload = doc[field]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
         raise ArtifactError(f"corrupt {what} {path}: {e}; delete it to recompute it") from e
     return payload if found == key else None
 
@@ -110,14 +112,21 @@ def save_artifact(
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    full["sha256"] = sha256_file(st_path)  # load_artifact refuses a file that no longer matches
     write_json_atomic(json_path, full)
     return st_path.with_suffix("")
 
 
 def load_artifact(
-    path: str | Path, kind: str | None = None, device: str | torch.device = "cpu"
+    path: str | Path,
+    kind: str | None = None,
+    device: str | torch.device = "cpu",
+    tensors: Sequence[str] = (),
+    fields: Sequence[str] = (),
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Load an artefact written by :func:`save_artifact`; check its kind and that it is finite."""
+    """Load an artefact written by :func:`save_artifact`; check its checksum (when its record has
+    one), its kind, that it holds the named ``tensors`` and record ``fields``, and that it is
+    finite. Any damage raises :class:`ArtifactError`."""
     st_path, json_path = _paths(path)
     if not st_path.exists():
         raise ArtifactError(f"no artefact at {st_path}")
@@ -125,15 +134,29 @@ def load_artifact(
         raise ArtifactError(f"{st_path} has no provenance record {json_path.name} beside it")
     try:
         record = json.loads(json_path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ArtifactError(f"corrupt provenance record {json_path}: {e}") from e
+    if not isinstance(record, dict):
+        raise ArtifactError(f"corrupt provenance record {json_path}: not a JSON object")
+    digest = record.get("sha256")
+    if digest is not None and sha256_file(st_path) != digest:
+        raise ArtifactError(
+            f"{st_path} does not match the sha256 in {json_path.name}: the file is damaged or was "
+            "replaced; restore or recompute it"
+        )
     try:
-        tensors = load_file(str(st_path), device=str(device))
+        loaded = load_file(str(st_path), device=str(device))
     except (SafetensorError, OSError, ValueError) as e:
         raise ArtifactError(f"corrupt safetensors file {st_path}: {e}") from e
     if kind is not None and record.get("kind") != kind:
         raise ArtifactError(f"{st_path} holds a {record.get('kind')!r}, expected a {kind!r}")
-    for name, t in tensors.items():
+    missing = [t for t in tensors if t not in loaded]
+    if missing:
+        raise ArtifactError(f"{st_path} lacks the tensors {missing}")
+    missing = [f for f in fields if f not in record]
+    if missing:
+        raise ArtifactError(f"{json_path} lacks the fields {missing}")
+    for name, t in loaded.items():
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise ArtifactError(f"{st_path}: tensor {name!r} contains NaN or inf")
-    return tensors, record
+    return loaded, record

@@ -88,7 +88,7 @@ class LinearEffectModel:
 
     @classmethod
     def load(cls, path: str | Path) -> LinearEffectModel:
-        t, rec = load_artifact(path, kind="linear_effect_model")
+        t, rec = load_artifact(path, kind="linear_effect_model", tensors=("W", "b"))
         return cls(t["W"], t["b"], rec)
 
 

@@ -173,7 +173,9 @@ class EffectDataset:
 
     @classmethod
     def load(cls, path: str | Path) -> EffectDataset:
-        t, rec = load_artifact(path, kind="effect_dataset")
+        t, rec = load_artifact(
+            path, kind="effect_dataset", tensors=("inputs", "scales", "effects", "baseline")
+        )
         return cls(t["inputs"], t["scales"], t["effects"], t["baseline"], rec)
 
     @classmethod
@@ -186,14 +188,23 @@ class EffectDataset:
         man_path = path / "manifest.json"
         if not man_path.exists():
             raise ArtifactError(f"{path} has no manifest.json: not an estimate_effects directory")
-        record = json.loads(man_path.read_text())
-        baseline = load_artifact(path / "baseline", kind="effect_baseline")[0]["baseline"]
+        try:
+            record = json.loads(man_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ArtifactError(f"corrupt manifest {man_path}: {e}") from e
+        if not isinstance(record, dict):
+            raise ArtifactError(f"corrupt manifest {man_path}: not a JSON object")
+        baseline = load_artifact(path / "baseline", kind="effect_baseline", tensors=("baseline",))[
+            0
+        ]["baseline"]
         chunks = sorted(path.glob("chunk_*.safetensors"))
         if not chunks:
             raise ArtifactError(f"{path} has no finished chunks yet")
         parts = []
         for c in chunks:
-            t, _ = load_artifact(c.with_suffix(""), kind="effect_chunk")
+            t, _ = load_artifact(
+                c.with_suffix(""), kind="effect_chunk", tensors=("inputs", "scales", "effects")
+            )
             x = t["inputs"].float()
             parts.append(
                 cls(x / x.norm(dim=-1, keepdim=True), t["scales"].float(), t["effects"].float(),

@@ -251,10 +251,11 @@ def load_feature_index(path: str | Path) -> dict[str, Any]:
         raise MissingFileError(f"no feature index at {p}")
     try:
         index = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"corrupt feature index {p}: {e}") from e
-    if index.get("format") != INDEX_FORMAT:
-        raise ConfigError(f"{p} is not a sae-ts feature index (format {index.get('format')!r})")
+    if not isinstance(index, dict) or index.get("format") != INDEX_FORMAT:
+        fmt = index.get("format") if isinstance(index, dict) else None
+        raise ConfigError(f"{p} is not a sae-ts feature index (format {fmt!r})")
     return dict(index)
 
 

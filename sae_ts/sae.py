@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from sae_lens import SAE
 
-from ._util import DEFAULT_SINK_RATIO, hook_layer, sink_mask
+from ._util import DEFAULT_SINK_RATIO, hook_layer, sha256_file, sink_mask
 from .errors import ConfigError, MissingFileError
 from .types import SAELike
 
@@ -70,9 +70,22 @@ def _check_sae_dir(path: Path) -> None:
     if missing:
         raise MissingFileError(f"SAE directory {path} lacks {', '.join(missing)}")
     try:
-        json.loads((path / "cfg.json").read_text())
+        cfg = json.loads((path / "cfg.json").read_text())
     except json.JSONDecodeError as e:
         raise ConfigError(f"corrupt SAE config {path / 'cfg.json'}: {e}") from e
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("metadata", {}), dict):
+        raise ConfigError(f"corrupt SAE config {path / 'cfg.json'}: not a sae-lens config")
+    missing = [k for k in ("d_in", "d_sae") if k not in cfg]
+    if not (cfg.get("metadata", {}).get("hook_name") or cfg.get("hook_name")):
+        missing.append("hook_name")
+    if missing:
+        raise ConfigError(f"SAE config {path / 'cfg.json'} lacks {', '.join(missing)}")
+    digest = cfg.get("metadata", {}).get("weights_sha256")
+    if digest is not None and sha256_file(path / "sae_weights.safetensors") != digest:
+        raise ConfigError(
+            f"{path / 'sae_weights.safetensors'} does not match the weights_sha256 in its cfg.json: "
+            "the file is damaged or was replaced"
+        )
 
 
 def load_sae(

@@ -260,9 +260,12 @@ class SteeringVector:
         hook_name: str | None = None,
     ) -> SteeringVector:
         """Load a saved vector; with ``model`` (and ``hook_name``) given, refuse a mismatch."""
-        tensors, rec = load_artifact(path, kind="steering_vector")
-        if "vector" not in tensors:
-            raise ArtifactError(f"{path}: no 'vector' tensor")
+        tensors, rec = load_artifact(
+            path,
+            kind="steering_vector",
+            tensors=("vector",),
+            fields=("hook_name", "model_name", "method"),
+        )
         sv = cls(
             vector=tensors["vector"],
             hook_name=rec["hook_name"],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -24,6 +26,11 @@ def test_corrupt_artifacts_are_clear_errors(tmp_path):
     sv = SteeringVector(torch.ones(8), HOOK, "m", "caa")
     stem = sv.save(tmp_path / "v")
     (tmp_path / "v.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ArtifactError, match="does not match the sha256"):
+        SteeringVector.load(stem)
+    rec = json.loads((tmp_path / "v.json").read_text())
+    rec.pop("sha256")  # an artefact from before the checksum: the file itself is checked
+    (tmp_path / "v.json").write_text(json.dumps(rec))
     with pytest.raises(ArtifactError, match="corrupt safetensors"):
         SteeringVector.load(stem)
     sv.save(tmp_path / "w")

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import torch
 from safetensors.torch import load_file, save_file
 
-from .._util import cache_dir
+from .._util import cache_dir, sha256_file
 from ..artifacts import versions, write_json_atomic
 from ..errors import ConfigError
 from ..models import (
@@ -306,6 +306,11 @@ def export_sae(trained: Any, out_dir: Path, metadata: dict[str, Any]) -> Path:
         state = load_file(str(weights))
         save_file({k: v.to(torch.float16).contiguous() for k, v in state.items()}, str(weights))
         (tmp / "sparsity.safetensors").unlink(missing_ok=True)
+        # the weights' checksum in the metadata: sae_ts.sae.load_sae refuses a damaged file
+        cfg_path = tmp / "cfg.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg["metadata"]["weights_sha256"] = sha256_file(weights)
+        cfg_path.write_text(json.dumps(cfg))
         tmp.chmod(0o755)  # mkdtemp makes it private; the asset ships with the package
         for f in tmp.iterdir():
             f.chmod(0o644)

@@ -40,9 +40,9 @@ def load_task(path: str | Path) -> Task:
         if not f.exists():
             raise MissingFileError(f"task {p} has no {n}")
     try:
-        act = json.loads(files["act_steer.json"].read_text())
-        crit = json.loads(files["criteria.json"].read_text())
-    except json.JSONDecodeError as e:
+        act = json.loads(files["act_steer.json"].read_text(encoding="utf-8"))
+        crit = json.loads(files["criteria.json"].read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"task {p}: malformed JSON: {e}") from e
     if not isinstance(act, dict) or not act.get("pos") or not act.get("neg"):
         raise ConfigError(f"task {p}: act_steer.json needs non-empty 'pos' and 'neg' lists")

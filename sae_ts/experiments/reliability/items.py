@@ -83,22 +83,27 @@ def load_mwe(path: str | Path) -> list[dict[str, Any]]:
     if not path.exists():
         raise MissingFileError(f"no dataset at {path}")
     records = []
-    with open(path) as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{path}:{i}: not JSON: {e}") from e
-            missing = {
-                "question",
-                "answer_matching_behavior",
-                "answer_not_matching_behavior",
-            } - set(r)
-            if missing:
-                raise ConfigError(f"{path}:{i}: missing fields {sorted(missing)}")
-            records.append(r)
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")  # JSONL: \n only
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text: {e}") from e
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}:{i}: not JSON: {e}") from e
+        if not isinstance(r, dict):
+            raise ConfigError(f"{path}:{i}: a record must be a JSON object")
+        missing = {
+            "question",
+            "answer_matching_behavior",
+            "answer_not_matching_behavior",
+        } - set(r)
+        if missing:
+            raise ConfigError(f"{path}:{i}: missing fields {sorted(missing)}")
+        records.append(r)
     if not records:
         raise ConfigError(f"{path} holds no records")
     return records
