@@ -194,7 +194,7 @@ def test_a_flipped_byte_never_loads_as_a_wrong_result(kind, where, flip, tmp_pat
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_a_dropped_key_is_refused(kind, tmp_path_factory):
-    d, data, record, good = _fresh(tmp_path_factory, kind)
+    d, data, record, _ = _fresh(tmp_path_factory, kind)
     if record.suffix == ".jsonl":
         rows = [json.loads(x) for x in record.read_text().splitlines() if x.strip()]
         rows[1].pop("answer_matching_behavior")
@@ -214,7 +214,7 @@ def test_a_dropped_key_is_refused(kind, tmp_path_factory):
     if data.suffix == ".safetensors":  # and a tensor dropped from the file
         from safetensors.torch import load_file, save_file
 
-        _, data, record, good = _fresh(tmp_path_factory, kind)
+        _, data, _, _ = _fresh(tmp_path_factory, kind)
         tensors = load_file(str(data))
         tensors.pop(sorted(tensors)[0])
         save_file(tensors, str(data))
