@@ -78,6 +78,12 @@ def llm_judges(
         c = HFCriterionJudge(task.coherence_criterion, b.model, tokenizer=b.tok, device=device)
         return b, c
 
+    # what identifies these judges in a resume key (never an object's address)
+    if client is not None:
+        make.key = f"api:{getattr(client, 'model', '?')}@{getattr(client, 'base_url', '?')}"  # type: ignore[attr-defined]
+    else:
+        name = hf_model if isinstance(hf_model, str) else type(hf_model).__name__
+        make.key = f"hf:{name}"  # type: ignore[attr-defined]
     return make
 
 

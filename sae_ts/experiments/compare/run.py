@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -492,10 +493,7 @@ def run_comparison(
     ex = executor or LocalExecutor()
     # finished tasks are checkpointed under out_dir/tasks/ and reused when everything that decides
     # their record (protocol, methods, model, SAE, effect model, judges, task texts) is the same
-    run_key = {"config": cfg.to_dict(), "methods": list(methods), "model": model.cfg.model_name,
-               "sae": sae_fingerprint(sae), "norm_unit": round(norm_unit, 3), "validate": validate,
-               "effect_model": None if em is None else [em_src, em.record.get("fit")],
-               "judges": "offline" if judges is None else repr(judges)}  # fmt: skip
+    run_key = _run_key(cfg, methods, model.cfg.model_name, sae, em, validate, judges)
     done: dict[int, dict[str, Any]] = {}
     for i, job in enumerate(jobs):
         path, key = _checkpoint_path(out, Path(task_dirs[i]).name), _task_key(run_key, *job)
@@ -607,6 +605,36 @@ def _task_key(run_key: Mapping[str, Any], task: Task, features: Mapping[int, flo
                                task.coherence_criterion],
            "features": None if features is None else sorted(map(list, features.items()))}  # fmt: skip
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _run_key(
+    cfg: CompareConfig,
+    methods: Sequence[str],
+    model_name: str,
+    sae: SAELike,
+    em: LinearEffectModel | None,
+    validate: bool,
+    judges: JudgeFactory | None,
+) -> dict[str, Any]:
+    """What decides every task's record besides the task itself, the same on every machine and
+    checkout: no path (the effect model by its weights), no float computed at run time (the norm
+    unit follows from the model and hook; its last bits differ between CPUs) and no object's
+    address (judges by their ``key``; a factory without one is never resumed)."""
+    judge_key = (
+        "offline" if judges is None else getattr(judges, "key", f"unkeyed:{secrets.token_hex(8)}")
+    )
+    return {"config": cfg.to_dict(), "methods": list(methods), "model": model_name,
+            "sae": sae_fingerprint(sae), "validate": validate,
+            "effect_model": None if em is None else _weights_digest(em),
+            "judges": judge_key}  # fmt: skip
+
+
+def _weights_digest(em: LinearEffectModel) -> str:
+    """A digest of an effect model's weights (as loaded, so the same wherever the file lies)."""
+    h = hashlib.sha256()
+    for t in (em.W, em.b):
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _checkpoint_path(out: Path, name: str) -> Path:

@@ -442,10 +442,13 @@ def run_reliability_multi(
     digest of the model, hook, vectors, settings and dataset file; a rerun with the same ones
     reuses them instead of recomputing.
     """
+    # The key holds what the caller decided, not what is computed from it: the residual norm
+    # follows from the model and hook (both in the key), and its last bits differ between CPUs.
+    given = dict(kw)
     kw.setdefault("residual_norm", typical_residual_norm(model, hook_name))
     per: dict[str, dict[str, dict[str, Any]]] = {n: {} for n in vectors}
     for p in tqdm(list(datasets), desc="datasets"):
-        key = _dataset_key(model, p, hook_name, vectors, kw) if checkpoint_dir else ""
+        key = _dataset_key(model, p, hook_name, vectors, given) if checkpoint_dir else ""
         # named by the key, not the dataset: a file is found only by the settings that made it
         ckpt = Path(checkpoint_dir) / f"{key[:16]}.json" if checkpoint_dir else None
         recs = read_checkpoint(ckpt, key) if ckpt else None
@@ -513,7 +516,9 @@ def _dataset_key(
     vectors: dict[str, VectorSpec],
     kw: dict[str, Any],
 ) -> str:
-    """A digest of everything that decides one dataset's records."""
+    """A digest of everything that decides one dataset's records, the same on every machine:
+    settings, seeds, the SAE's and effect model's weights and the dataset file's sha256; no path,
+    no machine, no float computed at run time."""
     vecs = {
         n: v
         if isinstance(v, str)
