@@ -16,6 +16,9 @@ k/m`` lets ``m`` processes share the work. Protocol: ``--fraction`` x the typica
 norm at the hook, top-k 50 at T = 1 (``--top-p`` to add nucleus sampling), ``--coupled`` for shared
 Gumbel noise.
 
+The campaign for another embedded model (``--model gemma-3-270m``) goes to
+``data/effects_<model>/`` by default; the SAE's recorded sink ratio is used.
+
 Examples::
 
     python benchmarks/effect_campaign.py --part test            # both test halves
@@ -71,7 +74,8 @@ def candidate_sets(
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--part", choices=["train", "test", "baseline"], required=True)
-    ap.add_argument("--out", type=Path, default=REPO / "data" / "effects")
+    ap.add_argument("--model", default="smollm2-135m", help="an embedded model (its shipped SAE)")
+    ap.add_argument("--out", type=Path, default=None, help="default: data/effects[_<model>]")
     ap.add_argument("--fraction", type=float, default=0.8, help="scale, x the per-token norm")
     ap.add_argument("--top-p", type=float, default=None)
     ap.add_argument("--coupled", action="store_true")
@@ -88,7 +92,10 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"command: python benchmarks/effect_campaign.py {vars(args)}", flush=True)
-    model, sae, hook = load_default(device=args.device)
+    if args.out is None:
+        tail = "" if args.model == "smollm2-135m" else f"_{args.model}"
+        args.out = REPO / "data" / f"effects{tail}"
+    model, sae, hook = load_default(device=args.device, model=args.model)
     norm = typical_residual_norm(model, hook)
     sets = candidate_sets(
         sae, model.cfg.d_model, args.n_train, args.n_test_dec, args.n_test_gauss, args.seed

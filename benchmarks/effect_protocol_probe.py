@@ -68,11 +68,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--calibration", action="store_true", help="also print calibrated scales")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--model", default="smollm2-135m", help="an embedded model (its shipped SAE)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"command: python benchmarks/effect_protocol_probe.py {vars(args)}")
-    model, sae, hook = load_default()
+    model, sae, hook = load_default(model=args.model)
     norm = typical_residual_norm(model, hook)
     print(f"typical per-token residual norm at {hook}: {norm:.1f}")
     dirs = torch.cat(

@@ -38,7 +38,7 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from ._util import hook_layer, sink_threshold, to_tokens
+from ._util import DEFAULT_SINK_RATIO, hook_layer, sink_threshold, to_tokens
 from .artifacts import ArtifactError, load_artifact, save_artifact, write_json_atomic
 from .errors import ConfigError
 from .executors import Executor, LocalExecutor
@@ -86,7 +86,9 @@ class EffectConfig:
     top_p: float | None = 0.3
     positions: str = "all"  # where the vector is added: every position, as in the paper
     batch_rows: int = 256  # sequences per forward pass
-    sink_ratio: float = 7.0  # positions with norm > ratio x median (and position 0) are left out
+    # positions with norm > ratio x the reference norm (and position 0) are left out; None: the
+    # ratio recorded in the SAE's metadata (7 where it records none), resolved by EffectEstimator
+    sink_ratio: float | None = None
     # Coupled sampling: Gumbel-max noise per (prompt, rollout, step, vocabulary id), shared by every
     # vector and the baseline, so a small logit change rarely changes the draw; effects are then
     # paired differences against the baseline rollouts with the same (prompt, rollout).
@@ -254,7 +256,12 @@ class EffectEstimator:
         check_pair(model, sae, self.sae_hook)
         if self.steer_hook not in model.hook_dict:
             raise ValueError(f"hook {self.steer_hook!r} is not in model {model.cfg.model_name!r}")
-        self.config = config or EffectConfig()
+        config = config or EffectConfig()
+        if config.sink_ratio is None:  # resolved here, so resume keys hold the number used
+            meta = getattr(sae.cfg, "metadata", None)
+            ratio = meta.get("sink_ratio") if meta is not None else None
+            config = dataclasses.replace(config, sink_ratio=float(ratio or DEFAULT_SINK_RATIO))
+        self.config = config
         self.seed = seed
         self.d_sae = int(sae.cfg.d_sae)
         self.rerun = not _reads_before(self.sae_hook, self.steer_hook)
@@ -271,9 +278,9 @@ class EffectEstimator:
         # the median residual norm at the SAE hook on the reference text (position 0 out)
         ref = sink_reference_norm(self.sae)
         if ref is not None:
-            return sink_threshold(self.config.sink_ratio, ref)
+            return sink_threshold(self.config.sink_ratio or DEFAULT_SINK_RATIO, ref)
         norms = _reference_norms(self.model, self.sae_hook)
-        return sink_threshold(self.config.sink_ratio, float(norms.median()))
+        return sink_threshold(self.config.sink_ratio or DEFAULT_SINK_RATIO, float(norms.median()))
 
     # -- measurement -------------------------------------------------------------------------
 
