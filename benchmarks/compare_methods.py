@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--effect-model", default="default")
     ap.add_argument("--out-dir", default="benchmarks/results/compare_full")
     ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--targets", default="input", help=f"one or more of {SELECTORS}, or all")
+    ap.add_argument("--targets", default="fgaa", help=f"one or more of {SELECTORS}, or all")
     ap.add_argument("--validate-judges", action="store_true", help="only validate the judge")
     ap.add_argument(
         "--no-validation", action="store_true", help="skip the judge checks on generated text"

@@ -154,7 +154,7 @@ def _runner(loaded=None):
     em = LinearEffectModel(
         torch.randn(model.cfg.d_model, sae.cfg.d_sae, generator=g), torch.zeros(sae.cfg.d_sae)
     )
-    cfg = CompareConfig.budget("smoke", n_features=2, max_density=0.5)  # dense ones out
+    cfg = CompareConfig.budget("smoke", n_features=2, max_density=0.5, targets="input")  # dense out
     density = latent_density(model, sae, hook, texts=POS + NEG, window=16)
     return _TaskRunner(em, ("caa", "sae", "targeted"), cfg, "cpu", None, False, 10.0, density,
                        model.cfg.model_name, sae_fingerprint(sae))  # fmt: skip

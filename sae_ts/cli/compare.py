@@ -78,11 +78,11 @@ def add_cli_commands(sub: Any) -> None:
     p.add_argument(
         "--targets",
         choices=list(SELECTORS),
-        default="input",
-        help="how the SAE methods' target latents are chosen: input (fire on the concept's "
-        "texts), output (Arad et al.'s output score), dtc (ΔToken confidence), fgaa (FGAA's "
-        "weighted contrastive target), effect (predicted effect of each decoder row on the "
-        "concept's features)",
+        default="fgaa",
+        help="how the SAE methods' target latents are chosen: fgaa (default, the 9-task winner: "
+        "FGAA's weighted contrastive target), input (latents that fire on the concept's texts), "
+        "output (Arad et al.'s output score), dtc (ΔToken confidence), effect (predicted effect "
+        "of each decoder row on the concept's features)",
     )
     p.add_argument("--json", default=None, help="write results here")
     p.add_argument("--out-dir", default="runs/compare", help="plots, table.md, cached effect model")

@@ -247,8 +247,12 @@ def test_compare_on_a_new_task_directory_end_to_end(tmp_path, capsys, monkeypatc
     assert rc == 0
     doc = json.loads((out / "r.json").read_text())
     r = doc["tasks"]["saets_space"]
-    assert len(r["features"]) == 3 and r["features_source"] == "selectivity"
-    assert all(f["density"] <= 0.1 and f["contexts"] for f in r["features"])
+    # the default selection: FGAA's weighted contrastive target (raised and pushed-down latents)
+    assert r["features_source"] == "fgaa" and r["selection"]["method"] == "fgaa"
+    assert any(f["weight"] > 0 for f in r["features"]) and len(r["features"]) <= 15
+    assert all(f["density"] <= 0.01 for f in r["features"])
+    assert r["fgaa"]["same_vector_as"] == "sae_ts"
+    assert r["fgaa"]["score"] == r["sae_ts"]["score"]
     build = set(r["roles"]["build"]["pos"] + r["roles"]["build"]["neg"])
     assert not build & set(r["roles"]["judge"]["pos"] + r["roles"]["judge"]["neg"])
     for m in ("unsteered", "caa", "sae", "sae_ts", "targeted"):

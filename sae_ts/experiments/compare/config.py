@@ -40,7 +40,9 @@ class CompareConfig:
     top_p: float | None = 0.3
     n_features: int = 3
     max_density: float = 0.1  # latents firing on more reference tokens than this are excluded
-    targets: str = "input"  # the target-selection rule (sae_ts.selection.SELECTORS)
+    # the target-selection rule (sae_ts.selection.SELECTORS); FGAA's weighted contrastive target
+    # won the 9-task quick ranking of the five rules (benchmarks/results/selection_quick)
+    targets: str = "fgaa"
     validation_samples: int = 32  # generations per task also scored by independent judges
     bootstrap: int = 2000
     batch_rows: int = 128

@@ -306,9 +306,12 @@ def compare_task(
     if "fgaa" in methods:
         fgaa = selection if selection.method == "fgaa" else select("fgaa", None)
     steered = [m for m in methods if m in STEERED]
+    # with FGAA's own target chosen for every SAE method, the "fgaa" row (the paper's rule on it)
+    # is the "sae_ts" row's vector: it is generated once and reported under both names
+    alias = {"fgaa": "sae_ts"} if fgaa is selection and {"fgaa", "sae_ts"} <= set(steered) else {}
     vectors = build_vectors(
-        model, sae, roles.build, hook_name, effect_model, target, steered,
-        None if fgaa is None else fgaa.target(),
+        model, sae, roles.build, hook_name, effect_model, target,
+        [m for m in steered if m not in alias], None if fgaa is None else fgaa.target(),
     )  # fmt: skip
     fracs = cfg.steered_fractions
     conds = [(UNSTEERED, 0.0)] + [(m, f) for m in vectors for f in fracs]
@@ -384,6 +387,8 @@ def compare_task(
     index = {c: k for k, c in enumerate(conds)}
     for m, e in _effects(feats, index, rec, target, effect_model, vectors, cfg).items():
         rec[m]["effect"] = e
+    for name, same in alias.items():
+        rec[name] = {**json.loads(json.dumps(rec[same])), "same_vector_as": same}
     if validators is not None and cfg.validation_samples >= 4:
         rec["validation"] = {
             "method": "Spearman rank correlation (95% bootstrap CI over texts) and pairwise "
@@ -449,7 +454,7 @@ def run_comparison(
     features: Mapping[str, Mapping[int, float]] | None = None,
     validate: bool = True,
     executor: Executor | None = None,
-    targets: str = "input",
+    targets: str = "fgaa",
     model_name: str = "smollm2-135m",
 ) -> dict[str, Any]:
     """``sae-ts compare``: every task x method on the embedded model; JSON, tables, plots.
