@@ -99,6 +99,7 @@ class EmbeddedModelSpec:
     download_mb: int = 0
     licence: str = ""
     instruct: bool = False
+    n_layers: int = 0
 
     @property
     def gguf_name(self) -> str:
@@ -125,6 +126,7 @@ EMBEDDED_MODEL = EmbeddedModelSpec(
     download_mb=93,
     licence="Apache-2.0",
     instruct=True,
+    n_layers=30,
 )
 """The default embedded model: SmolLM2-135M-Instruct (Llama architecture, 30 layers)."""
 
@@ -164,6 +166,7 @@ GEMMA_3_270M = EmbeddedModelSpec(
     download_mb=238,
     licence="Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
     instruct=False,
+    n_layers=18,
 )
 """Gemma 3 270M, the base (pretrained) model, from a Q4_K_M GGUF in four PyPI part packages."""
 

@@ -13,12 +13,12 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import SaeTsError
-from . import compare, core, demo, features, reliability, sae, train
+from . import compare, core, demo, deploy, features, reliability, sae, train
 
 __all__ = ["build_parser", "main"]
 
 # Command groups, in the order they appear in --help.
-_COMMAND_MODULES = (demo, core, train, sae, features, compare, reliability)
+_COMMAND_MODULES = (demo, core, train, sae, features, compare, reliability, deploy)
 
 
 def build_parser() -> argparse.ArgumentParser:
