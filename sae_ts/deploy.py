@@ -10,8 +10,8 @@
   Hugging Face layer it is added to, with a JSON record, for :func:`steer_hf` elsewhere.
 
 The one table that maps TransformerLens hooks to each target's layers is :data:`HOOK_MAP`;
-hooks it cannot express (attention-internal hooks, the MLP's, and the residual stream before
-block 0 for llama.cpp) are refused with a clear error.
+hooks it cannot express (attention-internal hooks, the MLP's, and for llama.cpp the residual
+stream before and after block 0) are refused with a clear error.
 """
 
 from __future__ import annotations
@@ -44,11 +44,12 @@ __all__ = [
 HOOK_MAP: dict[str, dict[str, str]] = {
     "hook_resid_post": {
         "hf": "output of model.layers[L] (the residual stream after block L)",
-        "llamacpp": "direction.(L+1): llama.cpp adds direction.N to the output of layer N-1",
+        "llamacpp": "direction.L: llama.cpp adds direction.N to the output of its block N "
+        "(0-based); refused for L = 0 (no direction reaches block 0)",
     },
     "hook_resid_pre": {
         "hf": "input of model.layers[L] (for L = 0: the scaled embeddings)",
-        "llamacpp": "direction.L (the output of layer L-1); refused for L = 0 (the embeddings)",
+        "llamacpp": "direction.(L-1) (the output of block L-1); refused for L < 2",
     },
 }
 """TransformerLens hook -> where each target adds the vector (``L``: the block index)."""
@@ -75,19 +76,21 @@ def hf_layer(hook_name: str) -> tuple[int, Literal["output", "input"]]:
 def llamacpp_layer(hook_name: str) -> int:
     """The llama.cpp control-vector index ``N`` (tensor ``direction.N``) of a TransformerLens hook.
 
-    llama.cpp adds ``direction.N`` to the output of its layer ``N - 1`` (0-based), the residual
-    stream TransformerLens calls ``blocks.{N-1}.hook_resid_post``; direction.0 (the embeddings)
-    is never read, so ``blocks.0.hook_resid_pre`` is refused.
+    llama.cpp's loader writes ``direction.N`` at offset ``n_embd * (N - 1)`` of its buffer and its
+    applier reads block ``il`` (0-based) from offset ``n_embd * (il - 1)``, looping from
+    ``il = 1``; the two cancel, so ``direction.N`` is added to the output of block ``N``: the
+    residual stream TransformerLens calls ``blocks.N.hook_resid_post``. Block 0's output (and
+    anything before it) cannot be steered. Checked by running llama.cpp on the embedded model in
+    ``benchmarks/llamacpp_parity.py``.
     """
     layer, kind = _parse(hook_name, "llama.cpp")
-    if kind == "hook_resid_post":
-        return layer + 1
-    if layer == 0:
+    n = layer if kind == "hook_resid_post" else layer - 1
+    if n < 1:
         raise ConfigError(
-            "blocks.0.hook_resid_pre (the embeddings) cannot be expressed as a llama.cpp control "
-            "vector: llama.cpp steers layer outputs only"
+            f"{hook_name} cannot be expressed as a llama.cpp control vector: llama.cpp steers the "
+            "outputs of blocks 1 and later only (direction.N is added after block N)"
         )
-    return layer
+    return n
 
 
 def _decoder_layers(hf_model: Any) -> Any:

@@ -41,10 +41,16 @@ def twins():
 def test_the_hook_map_and_its_refusals():
     assert hf_layer("blocks.12.hook_resid_post") == (12, "output")
     assert hf_layer("blocks.0.hook_resid_pre") == (0, "input")
-    assert llamacpp_layer("blocks.12.hook_resid_post") == 13
+    # llama.cpp adds direction.N after its block N (loader offset N-1, applier il-1: they cancel)
+    assert llamacpp_layer("blocks.12.hook_resid_post") == 12
     assert llamacpp_layer("blocks.5.hook_resid_pre") == llamacpp_layer("blocks.4.hook_resid_post")
-    with pytest.raises(ValueError, match="embeddings"):
-        llamacpp_layer("blocks.0.hook_resid_pre")
+    for unreachable in (
+        "blocks.0.hook_resid_pre",
+        "blocks.0.hook_resid_post",
+        "blocks.1.hook_resid_pre",
+    ):
+        with pytest.raises(ValueError, match="blocks 1 and later"):
+            llamacpp_layer(unreachable)
     for bad in (
         "blocks.3.attn.hook_z",
         "blocks.3.hook_mlp_out",
@@ -109,7 +115,7 @@ def test_exports_round_trip_with_provenance(tmp_path):
     from gguf import GGUFReader
 
     r = GGUFReader(str(tmp_path / "v.gguf"))
-    assert [t.name for t in r.tensors] == ["direction.3"]
+    assert [t.name for t in r.tensors] == ["direction.2"]
     assert torch.allclose(torch.tensor(r.tensors[0].data.copy()), sv.vector * 7.5, atol=1e-5)
     assert "controlvector.model_hint" in r.fields and "controlvector.layer_count" in r.fields
     h = from_hf_vector(to_hf_vector(sv, tmp_path / "v_hf", scale=2.0))
@@ -157,7 +163,7 @@ def test_export_command_writes_both_formats_and_refuses_unmappable_hooks(tmp_pat
     sv.save(tmp_path / "v")
     assert main(["export", str(tmp_path / "v"), "--to", "llamacpp", "--out",
                  str(tmp_path / "v.gguf")]) == 0  # fmt: skip
-    assert "direction.13" in capsys.readouterr().out
+    assert "direction.12" in capsys.readouterr().out
     from gguf import GGUFReader
 
     r = GGUFReader(str(tmp_path / "v.gguf"))
