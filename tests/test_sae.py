@@ -251,3 +251,35 @@ def test_jumprelu_encoding_is_sae_lens_own_with_sinks_zeroed() -> None:
     with torch.no_grad():
         sae.threshold[0] += 0.1
     assert sae_fingerprint(sae) != before  # thresholds identify the SAE too
+
+
+def test_shipped_gemma_sae_is_a_sae_lens_jumprelu_sae_in_sae_lens_format() -> None:
+    """Gemma 3 270M's SAE: a JumpReLU SAE in sae-lens's on-disk format, with its training record
+    meeting the quality bars, loadable by plain sae-lens in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    from sae_lens import JumpReLUSAE
+
+    from sae_ts.sae import default_sae_dir
+
+    d = default_sae_dir("gemma-3-270m")
+    sae = load_default_sae(model="gemma-3-270m")
+    assert isinstance(sae, JumpReLUSAE) and sae.cfg.d_in == 640 and sae.cfg.d_sae >= 4096
+    md = sae.cfg.metadata
+    assert md.hook_name == "blocks.12.hook_resid_post" and md.model_name == "gemma-3-270m"
+    assert md.sink_ratio == 4.0 and md.sink_reference_norm > 1000
+    assert (sae.threshold > 0).float().mean() > 0.5
+    assert torch.allclose(sae.W_dec.norm(dim=-1), torch.ones(sae.cfg.d_sae), atol=2e-3)
+    record = json.loads((d / "sae_ts_training.json").read_text())
+    ev = record["evaluation"]
+    assert ev["heldout"]["explained_variance"] >= 0.80 and ev["ood"]["explained_variance"] >= 0.65
+    assert ev["heldout"]["ce_recovered"] >= 0.95
+    assert 30 <= ev["heldout"]["l0"] <= 60 and ev["combined"]["dead_fraction"] <= 0.15
+    code = (
+        "import sys; from sae_lens import SAE; s = SAE.load_from_disk(sys.argv[1]); "
+        "print(type(s).__name__, s.cfg.d_sae, s.cfg.metadata.hook_name)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(d)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["JumpReLUSAE", str(sae.cfg.d_sae), "blocks.12.hook_resid_post"]
