@@ -47,17 +47,35 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def candidate_sets(
-    sae, d_model: int, n_train: int, n_test_dec: int, n_test_gauss: int, seed: int
+    sae,
+    d_model: int,
+    n_train: int,
+    n_test_dec: int,
+    n_test_gauss: int,
+    seed: int,
+    n_train_dec: int | None = None,
 ) -> dict[str, tuple[torch.Tensor, list[str]]]:
-    """{'train': (units, kinds), 'test': (units, kinds)}: decoder rows and Gaussian directions."""
+    """{'train': (units, kinds), 'test': (units, kinds)}: decoder rows and Gaussian directions.
+
+    ``n_train_dec``: decoder rows in the training set (default: every row not held out); the
+    rest of ``n_train`` is Gaussian. The default reproduces the SmolLM2 campaign exactly.
+    """
     W = sae.W_dec.detach().float().cpu()
     live = torch.arange(W.shape[0])  # every decoder row (the shipped SAE has 1 dead latent)
     g = torch.Generator().manual_seed(seed)
     perm = live[torch.randperm(len(live), generator=g)]
     test_rows, train_rows = perm[:n_test_dec], perm[n_test_dec:]
+    if n_train_dec is not None:
+        if not 0 <= n_train_dec <= min(len(train_rows), n_train):
+            raise ValueError(
+                f"n_train_dec={n_train_dec} must be in [0, {min(len(train_rows), n_train)}]"
+            )
+        train_rows = train_rows[:n_train_dec]
     n_gauss_train = n_train - len(train_rows)
     if n_gauss_train < 0:
-        raise ValueError(f"n_train={n_train} is below the {len(train_rows)} live decoder rows")
+        raise ValueError(
+            f"n_train={n_train} is below the {len(train_rows)} decoder rows (set --n-train-dec)"
+        )
     gauss = random_directions(n_gauss_train + n_test_gauss, d_model, seed=seed + 1)
     unit = W / W.norm(dim=-1, keepdim=True)
     train = torch.cat([unit[train_rows], gauss[:n_gauss_train]])
@@ -80,6 +98,10 @@ def main() -> None:
     ap.add_argument("--top-p", type=float, default=None)
     ap.add_argument("--coupled", action="store_true")
     ap.add_argument("--n-train", type=int, default=4608)
+    ap.add_argument(
+        "--n-train-dec", type=int, default=None,
+        help="decoder rows among the training vectors (default: every row not held out)",
+    )  # fmt: skip
     ap.add_argument("--n-test-dec", type=int, default=64)
     ap.add_argument("--n-test-gauss", type=int, default=64)
     ap.add_argument("--test-rollouts", type=int, default=2)
@@ -98,8 +120,9 @@ def main() -> None:
     model, sae, hook = load_default(device=args.device, model=args.model)
     norm = typical_residual_norm(model, hook)
     sets = candidate_sets(
-        sae, model.cfg.d_model, args.n_train, args.n_test_dec, args.n_test_gauss, args.seed
-    )
+        sae, model.cfg.d_model, args.n_train, args.n_test_dec, args.n_test_gauss, args.seed,
+        args.n_train_dec,
+    )  # fmt: skip
     scale = round(args.fraction * norm, 2)
     print(f"per-token norm {norm:.2f}, scale {scale}", flush=True)
     k, m = (int(x) for x in args.shard.split("/"))
