@@ -77,7 +77,7 @@ def official_loop(
     layer = hook_layer(hook)
     out = []
     for v in vectors:
-        total, count = torch.zeros(sae.cfg.d_sae), 0
+        total, count = torch.zeros(sae.cfg.d_sae, device=sae.W_enc.device), 0
         for p in prompts:
             toks = to_tokens(model, [p])
             with steer(model, v, hook, scale=scale):
@@ -88,9 +88,9 @@ def official_loop(
             with torch.no_grad():
                 _, cache = model.run_with_cache(gen, names_filter=hook, stop_at_layer=layer + 1)
                 acts = cache[hook].reshape(-1, cache[hook].shape[-1]).float()
-                total += sae.encode(acts).sum(0)
+                total += sae.encode(acts.to(sae.W_enc.dtype)).float().sum(0)
             count += acts.shape[0]
-        out.append(total / count)
+        out.append((total / count).cpu())
     return torch.stack(out)
 
 
@@ -116,16 +116,19 @@ def matmul_params(model) -> int:
     )
 
 
-def gemm_gflops(threads: int, n: int = 2048, reps: int = 3) -> float:
-    """Best-of-``reps`` fp32 GEMM rate (n³) at ``threads`` torch threads."""
+def gemm_gflops(threads: int, n: int = 2048, reps: int = 3, device: str = "cpu") -> float:
+    """Best-of-``reps`` fp32 GEMM rate (n³) at ``threads`` torch threads (or on ``device``)."""
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     a @ b
+    sync()
     best = float("inf")
     for _ in range(reps):
         t = time.perf_counter()
         a @ b
+        sync()
         best = min(best, time.perf_counter() - t)
     torch.set_num_threads(old)
     return 2 * n**3 / best / 1e9
@@ -345,16 +348,18 @@ def main(argv: list[str] | None = None) -> dict:
                     help="vectors per Ray job (default: --vectors split evenly over the most workers)")  # fmt: skip
     ap.add_argument("--ray-address", default=None, help="a running cluster (default: local)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--model", default="smollm2-135m", help="an embedded model")
+    ap.add_argument("--device", default="cpu", help="e.g. cuda (timings sync the device)")
     args = ap.parse_args(argv)
     torch.manual_seed(args.seed)
     threads = torch.get_num_threads()
-    model, sae, hook = sae_ts.load_default()
+    model, sae, hook = sae_ts.load_default(device=args.device, model=args.model)
     prompts = PAPER_PROMPTS[: args.prompts]
     tokens_per_vector = len(prompts) * args.rollouts * args.seq_len
     n_vec = max(args.vectors, args.vectors_official, 64)
     vecs = random_directions(n_vec, model.cfg.d_model, seed=args.seed)
     flops = 2.0 * matmul_params(model)
-    gemm = {threads: gemm_gflops(threads)}
+    gemm = {threads: gemm_gflops(threads, device=args.device)}
     roof = gemm[threads] * 1e9 / flops
     res: dict = {
         "command": " ".join(["python", *sys.argv]),
