@@ -280,7 +280,10 @@ def main(argv: list[str] | None = None) -> None:
             validate=not args.no_validation,
         )  # fmt: skip
         n = redact_task_texts(out / "results.json", tasks)
-        print(f"results.json: {n} task texts replaced by references (full records in tasks/)")
+        # the task checkpoints too: redacted, they still resume (their keys come from the texts)
+        # and can be committed, so a fresh clone resumes the run
+        n += sum(redact_task_texts(p, tasks) for p in sorted((out / "tasks").glob("*.json")))
+        print(f"{n} task texts replaced by references in results.json and tasks/")
         print(doc["table"], doc["differences"], sep="\n\n")
         print(f"{doc['config']['seconds']:.0f} s, {doc['config']['tokens_generated']} tokens")
         docs[rule] = doc

@@ -501,7 +501,8 @@ def run_comparison(
     run_key = _run_key(cfg, methods, model.cfg.model_name, sae, em, validate, judges)
     done: dict[int, dict[str, Any]] = {}
     for i, job in enumerate(jobs):
-        path, key = _checkpoint_path(out, Path(task_dirs[i]).name), _task_key(run_key, *job)
+        key = _task_key(run_key, *job)
+        path = _checkpoint_path(out, key)
         rec = read_checkpoint(path, key, "task checkpoint")
         if rec is not None:
             done[i] = rec
@@ -514,7 +515,7 @@ def run_comparison(
         rec = json.loads(json.dumps(rec))  # the same record whether run now or resumed
         done[i] = rec
         write_checkpoint(
-            _checkpoint_path(out, Path(task_dirs[i]).name), _task_key(run_key, *jobs[i]), rec
+            _checkpoint_path(out, _task_key(run_key, *jobs[i])), _task_key(run_key, *jobs[i]), rec
         )
         _plot(jobs[i][0], rec, [m for m in methods if m in STEERED], out)
         say(
@@ -642,9 +643,12 @@ def _weights_digest(em: LinearEffectModel) -> str:
     return h.hexdigest()[:16]
 
 
-def _checkpoint_path(out: Path, name: str) -> Path:
-    """Where a finished task's record is kept: ``out/tasks/NAME.json``."""
-    return out / "tasks" / f"{name}.json"
+def _checkpoint_path(out: Path, key: str) -> Path:
+    """Where a finished task's record is kept: ``out/tasks/<first 16 hex of its key>.json``.
+
+    Named by the key, not the task: a file is found only by the settings and texts that made it,
+    and its name says nothing about the task files it came from."""
+    return out / "tasks" / f"{key[:16]}.json"
 
 
 def _quiet(msg: str) -> None:

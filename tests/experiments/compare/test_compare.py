@@ -263,4 +263,4 @@ def test_task_key_changes_with_everything_that_decides_the_record():
     assert comparison._task_key({"seed": 0}, other_texts, None) != base
     assert comparison._task_key({"seed": 1}, task, None) != base  # protocol
     assert comparison._task_key({"seed": 0}, task, {3: 1.0}) != base  # manual target
-    assert comparison._checkpoint_path(Path("out"), "t") == Path("out/tasks/t.json")
+    assert comparison._checkpoint_path(Path("out"), base) == Path(f"out/tasks/{base[:16]}.json")
