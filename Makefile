@@ -33,9 +33,10 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
-# API reference from the docstrings (pdoc), into build/docs/index.html
+# The docs site (mkdocs-material, API reference from the docstrings) into build/site/, offline.
+# mkdocs.yml sets strict: a broken link, a missing page or a docstring warning fails the build.
 docs: $(STAMP)
-	$(BIN)/pdoc sae_ts -d google -o build/docs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 test: lint typecheck docs pytest
 

@@ -16,12 +16,12 @@ from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import torch
-from transformer_lens import HookedTransformer
 
 from ._util import DEFAULT_SINK_RATIO, hook_layer, sink_mask, to_tokens
+from .backends import run_with_cache
 from .errors import ConfigError, InputTypeError
 from .sae import sink_positions
-from .types import SAELike
+from .types import LanguageModel, SAELike
 
 __all__ = ["caa_vector", "find_features", "mean_activations", "sae_latent_vector"]
 
@@ -39,7 +39,7 @@ def _check_texts(texts: Sequence[str], name: str) -> list[str]:
 
 @torch.no_grad()
 def mean_activations(
-    model: HookedTransformer,
+    model: LanguageModel,
     texts: Sequence[str],
     hook_name: str,
     positions: Literal["all", "last"] = "all",
@@ -57,8 +57,8 @@ def mean_activations(
         assert model.tokenizer is not None
         lengths = torch.tensor([len(model.tokenizer(t).input_ids) + 1 for t in chunk])
         real = torch.arange(toks.shape[1])[None] >= (toks.shape[1] - lengths)[:, None]
-        _, cache = model.run_with_cache(
-            toks, names_filter=hook_name, stop_at_layer=hook_layer(hook_name) + 1
+        _, cache = run_with_cache(
+            model, toks, names_filter=hook_name, stop_at_layer=hook_layer(hook_name) + 1
         )
         acts = cache[hook_name].float()
         if positions == "last":
@@ -75,7 +75,7 @@ def mean_activations(
 
 
 def caa_vector(
-    model: HookedTransformer,
+    model: LanguageModel,
     pos_texts: Sequence[str],
     neg_texts: Sequence[str],
     hook_name: str,
@@ -108,14 +108,14 @@ def sae_latent_vector(sae: SAELike, features: Mapping[int, float] | Sequence[int
 
 @torch.no_grad()
 def _feature_means(
-    model: HookedTransformer, sae: SAELike, texts: list[str], hook_name: str, sink_ratio: float
+    model: LanguageModel, sae: SAELike, texts: list[str], hook_name: str, sink_ratio: float
 ) -> torch.Tensor:
     sums = torch.zeros(int(sae.cfg.d_sae))
     count = 0
     for t in texts:
         toks = to_tokens(model, [t])
-        _, cache = model.run_with_cache(
-            toks, names_filter=hook_name, stop_at_layer=hook_layer(hook_name) + 1
+        _, cache = run_with_cache(
+            model, toks, names_filter=hook_name, stop_at_layer=hook_layer(hook_name) + 1
         )
         acts = cache[hook_name].float()
         keep = ~sink_positions(sae, acts, sink_ratio)[0]  # the SAE's reference norm
@@ -126,7 +126,7 @@ def _feature_means(
 
 
 def find_features(
-    model: HookedTransformer,
+    model: LanguageModel,
     sae: SAELike,
     pos_texts: Sequence[str],
     neg_texts: Sequence[str],

@@ -36,10 +36,10 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
 from ._util import DEFAULT_SINK_RATIO, hook_layer, sink_threshold, to_tokens
 from .artifacts import ArtifactError, load_artifact, save_artifact, write_json_atomic
+from .backends import run_with_cache
 from .errors import ConfigError
 from .executors import Executor, LocalExecutor
 from .generation import generate, gumbel_noise, sample_gumbel
@@ -47,7 +47,7 @@ from .generation import sample as _sample_with_uniforms
 from .loading import Loaded
 from .sae import check_pair, sink_reference_norm
 from .steering import SteeringHook, add_hooks, check_vector
-from .types import HookFn
+from .types import HookFn, LanguageModel
 
 __all__ = [
     "PAPER_PROMPTS",
@@ -231,7 +231,7 @@ class EffectEstimator:
     """Measures mean SAE feature activations of steered generations, batched across vectors.
 
     Args:
-        model: the HookedTransformer.
+        model: a HookedTransformer or TransformerBridge.
         sae: a sae-lens SAE whose ``cfg.metadata.hook_name`` is read (or pass ``sae_hook``).
         steer_hook: where vectors are added (default: the SAE's hook, as in the paper).
         config: the protocol.
@@ -240,7 +240,7 @@ class EffectEstimator:
 
     def __init__(
         self,
-        model: HookedTransformer,
+        model: LanguageModel,
         sae: Any,
         steer_hook: str | None = None,
         config: EffectConfig | None = None,
@@ -469,7 +469,7 @@ def _reads_before(sae_hook: str, steer_hook: str) -> bool:
 
 
 def calibrate_scales(
-    model: HookedTransformer,
+    model: LanguageModel,
     vectors: torch.Tensor,
     hook_name: str,
     target_increase: float = 0.5,
@@ -499,7 +499,7 @@ def calibrate_scales(
     if not hook_name.endswith("hook_resid_post"):
         raise ValueError("scale calibration needs a hook_resid_post steering hook")
     with torch.no_grad():
-        _, cache = model.run_with_cache(toks, names_filter=hook_name, stop_at_layer=layer + 1)
+        _, cache = run_with_cache(model, toks, names_filter=hook_name, stop_at_layer=layer + 1)
         resid = cache[hook_name]  # [1, pos, d]
         base_loss = float(model(resid, start_at_layer=layer + 1, tokens=toks, return_type="loss"))
         med = float(resid[0, 1:].norm(dim=-1).median())
@@ -540,7 +540,7 @@ def calibrate_scales(
     return torch.as_tensor(result, dtype=torch.float32)
 
 
-def typical_residual_norm(model: HookedTransformer, hook_name: str) -> float:
+def typical_residual_norm(model: LanguageModel, hook_name: str) -> float:
     """The median per-token residual norm at ``hook_name`` on the reference text, sinks left out.
 
     Scales in sae-ts's protocols are given as fractions of this (about 143.7 at
@@ -550,12 +550,12 @@ def typical_residual_norm(model: HookedTransformer, hook_name: str) -> float:
     return float(n[n < 7 * n.median()].median())
 
 
-def _reference_norms(model: HookedTransformer, hook_name: str) -> torch.Tensor:
+def _reference_norms(model: LanguageModel, hook_name: str) -> torch.Tensor:
     """Residual norms at ``hook_name`` on the first 256 reference-text tokens, position 0 out."""
     toks = to_tokens(model, reference_texts(2000))[:, :256]
     with torch.no_grad():
-        _, cache = model.run_with_cache(
-            toks, names_filter=hook_name, stop_at_layer=hook_layer(hook_name) + 1
+        _, cache = run_with_cache(
+            model, toks, names_filter=hook_name, stop_at_layer=hook_layer(hook_name) + 1
         )
     return cache[hook_name][0, 1:].float().norm(dim=-1)
 

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from .artifacts import write_json_atomic
+from .backends import run_with_cache
 from .errors import ConfigError, MissingFileError
 from .sae import check_pair, sink_positions
 from .training.activations import ActivationCache
@@ -167,7 +168,7 @@ def _batches_from_model(
     with torch.inference_mode():
         for b in range(0, windows.shape[0], batch_size):
             toks = windows[b : b + batch_size].to(device)
-            _, cache = model.run_with_cache(toks, names_filter=hook, stop_at_layer=layer + 1)
+            _, cache = run_with_cache(model, toks, names_filter=hook, stop_at_layer=layer + 1)
             acts = cache[hook]
             keep = ~sink_positions(sae, acts, sink_ratio)
             idx = keep.nonzero()

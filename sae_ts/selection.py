@@ -37,14 +37,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias, get_args
 
 import torch
-from transformer_lens import HookedTransformer
 
 from ._util import hook_layer, to_tokens
+from .backends import run_with_cache, run_with_hooks
 from .effect_model import LinearEffectModel
 from .errors import ConfigError
 from .solver import Target
 from .targets import LatentDensity, TargetLatent, select_targets, text_activations
-from .types import SAELike
+from .types import LanguageModel, SAELike
 
 __all__ = [
     "SELECTORS",
@@ -88,7 +88,7 @@ class Selection:
 
 
 def _amplified_next_token(
-    model: HookedTransformer,
+    model: LanguageModel,
     sae: SAELike,
     hook_name: str,
     latents: Sequence[int],
@@ -108,7 +108,7 @@ def _amplified_next_token(
     for prompt in prompts:
         toks = to_tokens(model, [prompt])
         with torch.no_grad():
-            logits, cache = model.run_with_cache(toks, names_filter=hook_name)
+            logits, cache = run_with_cache(model, toks, names_filter=hook_name)
             assert isinstance(logits, torch.Tensor)
             last = cache[hook_name][0, -1].float()
             size = amp * float(sae.encode(last[None].to(sae.W_enc.dtype)).max())
@@ -120,8 +120,8 @@ def _amplified_next_token(
             probs = []
             for lo in range(0, n, 32):
                 part = delta[lo : lo + 32]
-                lg = model.run_with_hooks(
-                    toks.expand(len(part), -1), fwd_hooks=[(hook_name, _adder(part))]
+                lg = run_with_hooks(
+                    model, toks.expand(len(part), -1), fwd_hooks=[(hook_name, _adder(part))]
                 )
                 probs.append(lg[:, -1].float().softmax(-1).cpu())
             out.append(torch.cat(probs))
@@ -136,7 +136,7 @@ def _adder(delta: torch.Tensor) -> Any:
 
 
 def output_scores(
-    model: HookedTransformer,
+    model: LanguageModel,
     sae: SAELike,
     hook_name: str,
     latents: Sequence[int],
@@ -169,7 +169,7 @@ def output_scores(
 
 
 def delta_token_confidence(
-    model: HookedTransformer,
+    model: LanguageModel,
     sae: SAELike,
     hook_name: str,
     latents: Sequence[int],
@@ -187,7 +187,7 @@ def delta_token_confidence(
 
 
 def _text_means(
-    model: HookedTransformer, sae: SAELike, texts: Sequence[str], hook_name: str
+    model: LanguageModel, sae: SAELike, texts: Sequence[str], hook_name: str
 ) -> torch.Tensor:
     """Mean SAE activation over each text's tokens (sinks out), then over texts: ``[d_sae]``."""
     acts = text_activations(model, sae, texts, hook_name)
@@ -196,19 +196,19 @@ def _text_means(
     return torch.stack(per).mean(0)
 
 
-def _document_start_latents(model: HookedTransformer, sae: SAELike, hook_name: str) -> torch.Tensor:
+def _document_start_latents(model: LanguageModel, sae: SAELike, hook_name: str) -> torch.Tensor:
     """Latents that fire on the document-start token when it is encoded (FGAA's BOS filter)."""
     toks = to_tokens(model, [""])
     with torch.no_grad():
-        _, cache = model.run_with_cache(
-            toks, names_filter=hook_name, stop_at_layer=hook_layer(hook_name) + 1
+        _, cache = run_with_cache(
+            model, toks, names_filter=hook_name, stop_at_layer=hook_layer(hook_name) + 1
         )
         act = cache[hook_name][0, -1].float()
         return (sae.encode(act[None].to(sae.W_enc.dtype))[0] > 0).cpu()
 
 
 def concept_vector(
-    model: HookedTransformer,
+    model: LanguageModel,
     sae: SAELike,
     pos_texts: Sequence[str],
     neg_texts: Sequence[str],
@@ -240,7 +240,7 @@ def _equal(chosen: Sequence[int], stats: Mapping[int, TargetLatent]) -> list[Tar
 
 def choose_targets(
     method: SelectorName | str,
-    model: HookedTransformer,
+    model: LanguageModel,
     sae: SAELike,
     pos_texts: Sequence[str],
     neg_texts: Sequence[str],

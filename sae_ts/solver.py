@@ -339,8 +339,12 @@ def solve(
         model: a fitted :class:`LinearEffectModel`.
         target: a :class:`Target`, or features (see :meth:`Target.of`).
         method: ``"sae_ts"`` (paper rule, ``lam`` = λ), ``"pinv"`` or ``"targeted"``.
-        mu, hold_weight, min_target_fraction: ``"targeted"`` only (see module docstring);
-            ``mu=None`` picks μ from a grid.
+        lam: ``"sae_ts"`` only: the weight λ of the ``-normalize(W b)`` term.
+        mu: ``"targeted"`` only: the off-target penalty μ (see module docstring);
+            ``None`` picks μ from a grid.
+        hold_weight: ``"targeted"`` only: the extra weight on features to hold still.
+        min_target_fraction: ``"targeted"`` only: when μ is picked from the grid, the
+            fraction of the best predicted target effect that a candidate must keep.
 
     :func:`solve_with_info` also returns the predicted statistics (and μ for ``"targeted"``).
     """

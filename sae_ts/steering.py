@@ -26,12 +26,11 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
-from transformer_lens import HookedTransformer
 from transformer_lens.hook_points import HookPoint
 
 from .artifacts import load_artifact, save_artifact
 from .errors import ArtifactError, ConfigError, InputTypeError, UnknownHookError
-from .types import HookFn, Positions
+from .types import HookFn, LanguageModel, Positions
 
 __all__ = [
     "SteeringHook",
@@ -58,7 +57,7 @@ def check_vector(vector: torch.Tensor, d_model: int, name: str = "vector") -> to
     return vector
 
 
-def _hook_point(model: HookedTransformer, hook_name: str) -> HookPoint:
+def _hook_point(model: LanguageModel, hook_name: str) -> HookPoint:
     if hook_name not in model.hook_dict:
         close = [h for h in model.hook_dict if h.split(".")[-1] == hook_name.split(".")[-1]][:5]
         raise UnknownHookError(f"hook {hook_name!r} is not in the model; e.g. {close}")
@@ -66,7 +65,7 @@ def _hook_point(model: HookedTransformer, hook_name: str) -> HookPoint:
 
 
 @contextmanager
-def add_hooks(model: HookedTransformer, fwd_hooks: Sequence[tuple[str, HookFn]]) -> Iterator[None]:
+def add_hooks(model: LanguageModel, fwd_hooks: Sequence[tuple[str, HookFn]]) -> Iterator[None]:
     """Add forward hooks for the duration of the block; remove exactly these, even on error.
 
     Unlike ``model.hooks()``, hooks that were already on the model stay.
@@ -153,7 +152,7 @@ class SteeringHook:
 
 @contextmanager
 def steer(
-    model: HookedTransformer,
+    model: LanguageModel,
     vector: torch.Tensor,
     hook_name: str,
     scale: float | torch.Tensor = 1.0,
@@ -162,7 +161,7 @@ def steer(
     """Add ``scale * vector`` at ``hook_name`` inside the block; always remove the hook after.
 
     Args:
-        model: a HookedTransformer.
+        model: a HookedTransformer or TransformerBridge.
         vector: ``[d_model]`` (same vector for every row) or ``[batch, d_model]`` (one per row).
         hook_name: e.g. ``"blocks.12.hook_resid_post"``.
         scale: a float, or a ``[batch]`` tensor of per-row scales with per-row vectors.
@@ -208,7 +207,7 @@ class SteeringVector:
     def d_model(self) -> int:
         return int(self.vector.shape[0])
 
-    def check_compatible(self, model: HookedTransformer, hook_name: str | None = None) -> None:
+    def check_compatible(self, model: LanguageModel, hook_name: str | None = None) -> None:
         """Raise if this vector was made for another model or hook."""
         if model.cfg.d_model != self.d_model:
             raise ArtifactError(
@@ -227,7 +226,7 @@ class SteeringVector:
 
     @contextmanager
     def applied(
-        self, model: HookedTransformer, scale: float | None = None, positions: Positions = "all"
+        self, model: LanguageModel, scale: float | None = None, positions: Positions = "all"
     ) -> Iterator[SteeringHook]:
         """Steer ``model`` with this vector inside the block (scale defaults to ``self.scale``)."""
         self.check_compatible(model)
@@ -256,7 +255,7 @@ class SteeringVector:
     def load(
         cls,
         path: str | Path,
-        model: HookedTransformer | None = None,
+        model: LanguageModel | None = None,
         hook_name: str | None = None,
     ) -> SteeringVector:
         """Load a saved vector; with ``model`` (and ``hook_name``) given, refuse a mismatch."""

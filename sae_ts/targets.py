@@ -26,13 +26,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from transformer_lens import HookedTransformer
 
 from ._util import DEFAULT_SINK_RATIO, hook_layer, to_tokens
+from .backends import run_with_cache
 from .effects import reference_texts
 from .errors import ConfigError, InputTypeError
 from .sae import sink_positions
-from .types import SAELike
+from .types import LanguageModel, SAELike
 
 __all__ = ["LatentDensity", "TargetLatent", "latent_density", "select_targets", "text_activations"]
 
@@ -80,7 +80,7 @@ class LatentDensity:
 
 @torch.no_grad()
 def text_activations(
-    model: HookedTransformer,
+    model: LanguageModel,
     sae: SAELike,
     texts: Sequence[str],
     hook_name: str,
@@ -95,8 +95,8 @@ def text_activations(
     out = []
     for t in texts:
         toks = to_tokens(model, [t])
-        _, cache = model.run_with_cache(
-            toks, names_filter=hook_name, stop_at_layer=hook_layer(hook_name) + 1
+        _, cache = run_with_cache(
+            model, toks, names_filter=hook_name, stop_at_layer=hook_layer(hook_name) + 1
         )
         acts = cache[hook_name].float()
         keep = ~sink_positions(sae, acts, sink_ratio)[0]
@@ -108,7 +108,7 @@ def text_activations(
 
 @torch.no_grad()
 def latent_density(
-    model: HookedTransformer,
+    model: LanguageModel,
     sae: SAELike,
     hook_name: str,
     texts: Sequence[str] | None = None,
@@ -131,8 +131,8 @@ def latent_density(
     n = 0
     for start in range(0, len(ids), window - len(bos)):
         chunk = torch.cat([bos, ids[start : start + window - len(bos)]])[None]
-        _, cache = model.run_with_cache(
-            chunk, names_filter=hook_name, stop_at_layer=hook_layer(hook_name) + 1
+        _, cache = run_with_cache(
+            model, chunk, names_filter=hook_name, stop_at_layer=hook_layer(hook_name) + 1
         )
         acts = cache[hook_name].float()
         keep = ~sink_positions(sae, acts, sink_ratio)[0]
@@ -178,7 +178,7 @@ def _contexts(
 
 
 def select_targets(
-    model: HookedTransformer,
+    model: LanguageModel,
     sae: SAELike,
     pos_texts: Sequence[str],
     neg_texts: Sequence[str],

@@ -14,8 +14,15 @@ from typing import Any, Literal
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from .backends import boot_bridge
 from .loading import Loaded
-from .models import EMBEDDED_MODEL, attach_tokenizer, fast_weight_layout, prepare_tokenizer
+from .models import (
+    EMBEDDED_MODEL,
+    _llama_hooked,
+    attach_tokenizer,
+    fast_weight_layout,
+    prepare_tokenizer,
+)
 
 __all__ = ["TINY_TOKENIZER_DIR", "tiny_loaded", "tiny_model", "tiny_sae", "tiny_tokenizer"]
 
@@ -135,3 +142,36 @@ def tiny_loaded(
     """
     model = tiny_model(seed=seed)
     return Loaded(model, tiny_sae(model.cfg.d_model, hook_name, d_sae=d_sae), hook_name)
+
+
+def tiny_hf_llama(
+    seed: int = 0, n_layers: int = 2, d_model: int = 64, tokenizer: Any | None = None
+) -> Any:
+    """A randomly initialised small Hugging Face ``LlamaForCausalLM`` (no network), for tests of
+    the ``TransformerBridge`` backend; :func:`tiny_pair` wraps it both ways."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = tokenizer if tokenizer is not None else tiny_tokenizer()
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=d_model,
+        intermediate_size=2 * d_model,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        architectures=["LlamaForCausalLM"],
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+def tiny_pair(seed: int = 0, n_layers: int = 2, d_model: int = 64) -> tuple[Any, Any]:
+    """The same tiny random Llama as a ``HookedTransformer`` and as a ``TransformerBridge``."""
+    tok = tiny_tokenizer()
+    hf = tiny_hf_llama(seed, n_layers, d_model, tok)
+    hooked = fast_weight_layout(
+        _llama_hooked(hf, tok, f"tiny-llama-seed{seed}", "cpu", torch.float32)
+    )
+    bridge = boot_bridge("tiny-llama", hf_model=hf, tokenizer=tok)
+    return hooked.eval(), bridge

@@ -154,7 +154,8 @@ def test_public_api_is_curated():
 
 
 def test_one_kv_cached_generation_loop() -> None:
-    """Only generation.py samples with a KV cache; steering and effects call its generate().
+    """Only generation.py samples with a KV cache (made by backends.py, of the model's own kind);
+    steering and effects call its generate().
 
     experiments/reliability/steering.py also builds a cache, to score one shared prompt prefix
     under many steering vectors (no sampling).
@@ -164,6 +165,7 @@ def test_one_kv_cached_generation_loop() -> None:
         for p in PACKAGE.rglob("*.py")
         if "TransformerLensKeyValueCache" in p.read_text()
     )
-    assert users == ["experiments/reliability/steering.py", "generation.py"], users
+    assert users == ["backends.py", "experiments/reliability/steering.py"], users
+    assert "new_kv_cache" in (PACKAGE / "generation.py").read_text()
     rel = (PACKAGE / "experiments" / "reliability" / "steering.py").read_text()
     assert "sample(" not in rel and "multinomial" not in rel

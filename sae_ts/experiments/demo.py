@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformer_lens import HookedTransformer
 
 from .._util import sink_mask, to_tokens
+from ..backends import run_with_cache
 from ..baselines import caa_vector, find_features, sae_latent_vector
 from ..effect_model import load_default_effect_model
 from ..effects import EffectConfig, EffectEstimator, typical_residual_norm
@@ -36,6 +36,7 @@ from ..models import load_default_model
 from ..sae import DEFAULT_SAE_DIR
 from ..solver import Target, solve
 from ..steering import SteeringVector, steer
+from ..types import LanguageModel
 from .pipeline import DemoBudget, estimate_and_fit
 
 Log = Callable[[str], None]
@@ -92,7 +93,7 @@ def format_table(rows: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _samples(model: HookedTransformer, toks: torch.Tensor, seed: int, n_new: int = 24) -> list[str]:
+def _samples(model: LanguageModel, toks: torch.Tensor, seed: int, n_new: int = 24) -> list[str]:
     g = torch.Generator().manual_seed(seed)
     ids = generate(model, toks, n_new, temperature=1.0, top_k=50, top_p=0.3, generator=g)
     return [str(model.to_string(r[1:])) for r in ids]
@@ -243,7 +244,7 @@ def steering_only_demo(
     model = load_default_model(device=device)
     v = caa_vector(model, DEMO_POS, DEMO_NEG, hook)
     toks = to_tokens(model, ["I think"] * 2)
-    _, cache = model.run_with_cache(to_tokens(model, DEMO_NEG), names_filter=hook)
+    _, cache = run_with_cache(model, to_tokens(model, DEMO_NEG), names_filter=hook)
     acts = cache[hook]
     scale = float(acts.norm(dim=-1)[~sink_mask(acts)].median())  # the typical non-sink norm
     gens: dict[str, list[str]] = {}

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformer_lens import HookedTransformer
 
 from ..effect_model import FitReport, LinearEffectModel, fit_ridge
 from ..effects import (
@@ -19,7 +18,7 @@ from ..effects import (
     random_directions,
     reference_texts,
 )
-from ..types import SAELike
+from ..types import LanguageModel, SAELike
 
 __all__ = ["DemoBudget", "estimate_and_fit"]
 
@@ -37,7 +36,7 @@ class DemoBudget:
 
 
 def estimate_and_fit(
-    model: HookedTransformer, sae: SAELike, hook: str, work: Path, budget: DemoBudget, seed: int
+    model: LanguageModel, sae: SAELike, hook: str, work: Path, budget: DemoBudget, seed: int
 ) -> tuple[LinearEffectModel, FitReport, EffectDataset, float]:
     """Estimate effects of decoder-row and random candidates at one calibrated scale; fit ridge.
 

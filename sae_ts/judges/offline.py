@@ -28,10 +28,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformer_lens import HookedTransformer
 
 from .._util import to_tokens
+from ..backends import forward
 from ..errors import ConfigError
+from ..types import LanguageModel
 from .base import Judge
 
 __all__ = [
@@ -139,7 +140,7 @@ def distinct_n(tokens: Sequence[int], n: int = 2) -> float:
 class CoherenceJudge:
     """Coherence from unsteered log-likelihood and a repetition penalty, calibrated on ``reference``."""
 
-    model: HookedTransformer
+    model: LanguageModel
     reference: Sequence[str]  # unsteered generations (prompt included)
     prompt: str = ""
     fluency_range: float = 3.0
@@ -171,7 +172,7 @@ class CoherenceJudge:
             toks = torch.zeros(len(idx), L, dtype=torch.long, device=seqs[idx[0]].device)
             for r, i in enumerate(idx):
                 toks[r, : len(seqs[i])] = seqs[i]
-            logits = self.model(toks)
+            logits = forward(self.model, toks)
             lp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, toks[:, 1:, None])[..., 0]
             for r, i in enumerate(idx):
                 n = len(seqs[i])

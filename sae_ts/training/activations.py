@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .._util import sink_mask
 from ..artifacts import write_json_atomic
+from ..backends import run_with_cache
 from ..errors import ArtifactError, ConfigError, MissingFileError
 
 __all__ = ["ActivationCache", "CachedActivationBatches", "cache_activations", "check_cache_meta"]
@@ -152,8 +153,8 @@ def cache_activations(
         with torch.inference_mode():
             for b in range(lo, hi, batch_size):
                 toks = windows[b : min(b + batch_size, hi)].to(device=device, dtype=torch.int64)
-                _, cache = model.run_with_cache(
-                    toks, names_filter=hook_name, stop_at_layer=layer + 1
+                _, cache = run_with_cache(
+                    model, toks, names_filter=hook_name, stop_at_layer=layer + 1
                 )
                 acts = cache[hook_name]
                 keep = ~sink_mask(acts, ratio=sink_ratio)

@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformer_lens import HookedTransformer
 
 from ..._util import DEFAULT_SINK_RATIO, hook_layer, sink_mask, to_tokens
 from ...effects import typical_residual_norm
@@ -31,7 +30,7 @@ from ...errors import ConfigError
 from ...generation import generate, sample
 from ...sae import check_pair, sink_reference_norm
 from ...steering import SteeringHook
-from ...types import HookFn, SAELike
+from ...types import HookFn, LanguageModel, SAELike
 from .config import CompareConfig
 
 __all__ = ["INSTRUCTION", "Generations", "instructed_prompt", "paired_generations"]
@@ -42,7 +41,7 @@ BASE_PREFIX = "The following text is about {concept}.\n\n"
 """The prompting baseline for a base model (no chat template): a prefix before the prompt."""
 
 
-def instructed_prompt(model: HookedTransformer, concept: str, prompt: str) -> str:
+def instructed_prompt(model: LanguageModel, concept: str, prompt: str) -> str:
     """``prompt`` with the concept stated as an instruction: in a system turn before the
     assistant's turn (which starts with ``prompt``) for a chat model, as a prefix for a base
     model. Only the concept's name is used, never a judged text."""
@@ -101,7 +100,7 @@ class _FeatureSums:
 
 @torch.no_grad()
 def paired_generations(
-    model: HookedTransformer,
+    model: LanguageModel,
     hook_name: str,
     vectors: torch.Tensor,
     scales: torch.Tensor,

@@ -12,13 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from transformer_lens import HookedTransformer
-
 from ...errors import ConfigError
 from ...judges.base import Judge
 from ...judges.llm import APICriterionJudge, ChatClient, HFCriterionJudge
 from ...judges.offline import CoherenceJudge, EmbeddingBehaviorJudge
 from ...judges.validation import CriterionSimilarityJudge
+from ...types import LanguageModel
 from .tasks import Task
 
 __all__ = [
@@ -37,7 +36,7 @@ ValidatorFactory = Callable[[Task], dict[str, Judge]]
 """``judge_task -> {name: behaviour judge}``: judges independent of the one being checked."""
 
 
-def offline_judges(embedder: Any = None, model: HookedTransformer | None = None) -> JudgeFactory:
+def offline_judges(embedder: Any = None, model: LanguageModel | None = None) -> JudgeFactory:
     """The default judges: the embedding behaviour judge on the judge-role texts and criterion,
     and the unsteered-likelihood coherence judge."""
 

@@ -47,7 +47,6 @@ from typing import Any, cast
 
 import numpy as np
 import torch
-from transformer_lens import HookedTransformer
 
 from ...artifacts import read_checkpoint, write_checkpoint
 from ...baselines import caa_vector, sae_latent_vector
@@ -62,7 +61,7 @@ from ...models import load_hf_model
 from ...selection import Selection, choose_targets
 from ...solver import Target, parse_feature_spec, predicted_stats, solve, target_stats
 from ...targets import LatentDensity, latent_density
-from ...types import SAELike
+from ...types import LanguageModel, SAELike
 from .config import METHODS, STEERED, CompareConfig
 from .generation import Generations, instructed_prompt, paired_generations
 from .judges import (
@@ -109,7 +108,7 @@ __all__ = [
 
 
 def build_vectors(
-    model: HookedTransformer,
+    model: LanguageModel,
     sae: SAELike,
     build: Task,
     hook_name: str,
@@ -261,7 +260,7 @@ def _ci(x: Sequence[float]) -> list[float]:
 
 
 def compare_task(
-    model: HookedTransformer,
+    model: LanguageModel,
     sae: SAELike,
     hook_name: str,
     task: Task,

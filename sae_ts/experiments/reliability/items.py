@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 from scipy.stats import bootstrap
-from transformer_lens import HookedTransformer
 
 from ...errors import ConfigError, MissingFileError
+from ...types import LanguageModel
 
 __all__ = [
     "MULTIPLIERS",
@@ -267,7 +267,7 @@ def ood_variants(name: str) -> dict[str, tuple[str | None, str]]:
     }
 
 
-def mc_prompt(model: HookedTransformer, item: MCItem, system: str | None, prefix: str) -> str:
+def mc_prompt(model: LanguageModel, item: MCItem, system: str | None, prefix: str) -> str:
     """The chat-formatted question of ``item`` (with ``system`` and ``prefix``), ending with the
     assistant turn's header; the answer ``(A)`` or ``(B)`` follows it."""
     tok = model.tokenizer
@@ -293,7 +293,7 @@ def chat_prompt(
     return str(text)
 
 
-def letter_id(model: HookedTransformer, letter: str) -> int:
+def letter_id(model: LanguageModel, letter: str) -> int:
     """The token id of an answer letter as it follows ``(``."""
     assert model.tokenizer is not None
     ids = model.tokenizer("(" + letter, add_special_tokens=False).input_ids

@@ -36,13 +36,12 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
 from ..._util import sha256_file
 from ...artifacts import read_checkpoint, write_checkpoint, write_json_atomic
 from ...effects import sae_fingerprint, typical_residual_norm
 from ...errors import ConfigError
-from ...types import SAELike
+from ...types import LanguageModel, SAELike
 from .items import (
     MULTIPLIERS,
     MCItem,
@@ -141,7 +140,7 @@ def _slopes_record(
 
 
 def analyse_dataset(
-    model: HookedTransformer,
+    model: LanguageModel,
     path: str | Path,
     hook_name: str,
     vector: VectorSpec = "caa",
@@ -153,7 +152,7 @@ def analyse_dataset(
 
 
 def _build_vectors(
-    model: HookedTransformer,
+    model: LanguageModel,
     tr: Sequence[MCItem],
     hook_name: str,
     vectors: dict[str, VectorSpec],
@@ -194,7 +193,7 @@ Curves = dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray]]
 
 
 def _all_curves(
-    model: HookedTransformer,
+    model: LanguageModel,
     te: Sequence[MCItem],
     hook_name: str,
     units: dict[tuple[str, str], torch.Tensor],
@@ -260,7 +259,7 @@ def _upgrade(recs: dict[str, Any], path: Path, kw: dict[str, Any]) -> bool:
 
 
 def analyse_dataset_multi(
-    model: HookedTransformer,
+    model: LanguageModel,
     path: str | Path,
     hook_name: str,
     vectors: dict[str, VectorSpec],
@@ -410,7 +409,7 @@ def _ood(
 
 
 def run_reliability(
-    model: HookedTransformer,
+    model: LanguageModel,
     datasets: Sequence[str | Path],
     hook_name: str,
     vector: VectorSpec = "caa",
@@ -427,7 +426,7 @@ def run_reliability(
 
 
 def run_reliability_multi(
-    model: HookedTransformer,
+    model: LanguageModel,
     datasets: Sequence[str | Path],
     hook_name: str,
     vectors: dict[str, VectorSpec],
@@ -510,7 +509,7 @@ def _plain(o: Any) -> Any:
 
 
 def _dataset_key(
-    model: HookedTransformer,
+    model: LanguageModel,
     path: str | Path,
     hook_name: str,
     vectors: dict[str, VectorSpec],

@@ -38,7 +38,6 @@ from typing import Any, Literal, TypeAlias, get_args
 
 import numpy as np
 import torch
-from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
@@ -47,7 +46,7 @@ from ...effect_model import LinearEffectModel
 from ...errors import ConfigError
 from ...solver import Target, solve
 from ...steering import SteeringHook, add_hooks, check_vector
-from ...types import Method, SAELike
+from ...types import LanguageModel, Method, SAELike
 from .items import MULTIPLIERS, MCItem, answer_layout, chat_prompt, mc_prompt
 
 __all__ = [
@@ -159,7 +158,7 @@ def _item_cache(
 
 
 def _run(
-    model: HookedTransformer,
+    model: LanguageModel,
     hook_name: str,
     hook: SteeringHook,
     toks: torch.Tensor,
@@ -179,7 +178,7 @@ def _score(logits: torch.Tensor, ids: list[int]) -> torch.Tensor:
 
 @torch.no_grad()
 def answer_curves(
-    model: HookedTransformer,
+    model: LanguageModel,
     items: Sequence[MCItem],
     vectors: torch.Tensor,
     hook_name: str,
@@ -265,7 +264,7 @@ def answer_curves(
 
 
 def caa_mc_vector(
-    model: HookedTransformer,
+    model: LanguageModel,
     items: Sequence[MCItem],
     hook_name: str,
     system: str | None = None,
@@ -301,7 +300,7 @@ def caa_mc_vector(
 
 
 def sae_ts_mc_vector(
-    model: HookedTransformer,
+    model: LanguageModel,
     sae: SAELike,
     effect_model: LinearEffectModel,
     items: Sequence[MCItem],
