@@ -63,7 +63,7 @@ from sae_ts.effects import (
     random_directions,
 )
 from sae_ts.executors import RayExecutor
-from sae_ts.models import fast_weight_layout, hook_layer, to_tokens
+from sae_ts.models import fast_weight_layout, hook_layer, load_default_model, to_tokens
 from sae_ts.steering import add_hooks, steer
 
 # -- the two loops ---------------------------------------------------------------------------
@@ -350,6 +350,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--json", default=None)
     ap.add_argument("--model", default="smollm2-135m", help="an embedded model")
     ap.add_argument("--device", default="cpu", help="e.g. cuda (timings sync the device)")
+    ap.add_argument("--bridge", action="store_true",
+                    help="also time the estimator on a TransformerBridge of the same model")  # fmt: skip
     args = ap.parse_args(argv)
     torch.manual_seed(args.seed)
     threads = torch.get_num_threads()
@@ -383,6 +385,17 @@ def main(argv: list[str] | None = None) -> dict:
     res["estimator"] = {"vectors": args.vectors, "batch_rows": args.batch_rows, "wall_s": w,
                         "cpu_s": c, "tok_s": n_tok / w, "tok_per_cpu_s": n_tok / c,
                         "fraction_of_roofline": n_tok / w / roof}  # fmt: skip
+
+    if args.bridge:  # the same vectors, streams and settings on the other backend
+        bridge = load_default_model(device=args.device, model=args.model, backend="bridge")
+        estimator_run(bridge, sae, estimator_config(prompts, 2, 8, 16), vecs[:1], args.scale, 0)
+        w, c = timed(lambda: estimator_run(bridge, sae, cfg, vecs[: args.vectors], args.scale, 0))
+        res["estimator_bridge"] = {"vectors": args.vectors, "batch_rows": args.batch_rows,
+                                   "wall_s": w, "cpu_s": c, "tok_s": n_tok / w,
+                                   "tok_per_cpu_s": n_tok / c,
+                                   "fraction_of_roofline": n_tok / w / roof}  # fmt: skip
+        res["ratio_bridge_vs_hooked"] = res["estimator_bridge"]["tok_s"] / res["estimator"]["tok_s"]
+        del bridge
 
     def official(key: str) -> None:
         V = vecs[: args.vectors_official]
@@ -432,11 +445,14 @@ def report(res: dict) -> None:
         f"{res['gflop_per_token']:.3f} GFLOP/token; GEMM {res['gemm_gflops'][th]:.1f} GFLOP/s; "
         f"roofline {res['roofline_tok_s']:.0f} tok/s"
     )
-    for key, label in (("estimator", "sae-ts estimator"), ("official", "official loop"),
+    for key, label in (("estimator", "sae-ts estimator"),
+                       ("estimator_bridge", "sae-ts estimator, bridge"), ("official", "official loop"),
                        ("official_stock_layout", "official loop, TL stock layout")):  # fmt: skip
         if key in res:
             r = res[key]
             ratio = res.get(f"ratio_vs_{key}")
+            if key == "estimator_bridge":
+                print(f"bridge / hooked estimator throughput: {res['ratio_bridge_vs_hooked']:.2f}x")
             print(
                 f"{label:32s} {r['tok_s']:7.1f} tok/s  {r['tok_per_cpu_s']:6.1f} tok/CPU-s  "
                 f"{r['fraction_of_roofline']:.2f} of the roofline"

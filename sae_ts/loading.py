@@ -14,12 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformer_lens import HookedTransformer
 
 from ._util import hook_layer
 from .backends import Backend, boot_bridge, check_backend, is_bridge
 from .errors import ConfigError, HubUnavailableError, InputTypeError
-from .models import EMBEDDED_MODELS, embedded_spec, fast_weight_layout, load_default_model
+from .models import (
+    EMBEDDED_MODELS,
+    embedded_spec,
+    hooked_from_pretrained,
+    is_hooked,
+    load_default_model,
+)
 from .sae import check_pair, load_default_sae, load_sae
 from .types import LanguageModel, SAELike
 
@@ -115,7 +120,7 @@ def load(
             )
         else:
             model_obj = _hub_model(model, device, dtype, model_kwargs, backend)
-    elif isinstance(model, HookedTransformer) or is_bridge(model):
+    elif is_hooked(model) or is_bridge(model):
         model_obj = model
     else:
         raise InputTypeError(
@@ -171,12 +176,9 @@ def _hub_model(
                 f"could not boot model {model_name!r}: {e}\n{_HUB_HINT}"
             ) from e
     try:
-        model = HookedTransformer.from_pretrained(
-            model_name, device=str(device), dtype=dtype, **kwargs
-        )
+        return hooked_from_pretrained(model_name, device, dtype, **kwargs)
     except Exception as e:
         raise HubUnavailableError(f"could not load model {model_name!r}: {e}\n{_HUB_HINT}") from e
-    return fast_weight_layout(model)
 
 
 def _load_hub(

@@ -503,6 +503,32 @@ def load_default_model(
     return _place(hooked, device, dtype)
 
 
+def is_hooked(model: Any) -> bool:
+    """Whether ``model`` is a TransformerLens ``HookedTransformer``."""
+    return isinstance(model, HookedTransformer)
+
+
+def hooked_from_pretrained(
+    name: str, device: str | torch.device, dtype: torch.dtype, **kwargs: Any
+) -> HookedTransformer:
+    """``HookedTransformer.from_pretrained`` (needs the hub), with sae-ts's weight layout."""
+    model = HookedTransformer.from_pretrained(name, device=str(device), dtype=dtype, **kwargs)
+    return fast_weight_layout(model)
+
+
+def hooked_from_config(
+    fields: dict[str, Any], tokenizer: Any, device: str | torch.device, dtype: torch.dtype
+) -> HookedTransformer:
+    """A randomly initialised ``HookedTransformer`` from config fields, with ``tokenizer``
+    attached as sae-ts prepares it (used for the tiny test models)."""
+    cfg = HookedTransformerConfig(**fields, device=str(device), dtype=dtype)
+    model = HookedTransformer(
+        cfg, tokenizer=tokenizer, move_to_device=False, default_padding_side="left"
+    )
+    attach_tokenizer(model, tokenizer)
+    return _place(model, device, dtype)
+
+
 def document_start_id(model: HookedTransformer) -> int:
     """The token id sae-ts prepends to raw text (the model's BOS as configured by sae-ts)."""
     tok = model.tokenizer

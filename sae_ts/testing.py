@@ -12,17 +12,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from .backends import boot_bridge
 from .loading import Loaded
 from .models import (
     EMBEDDED_MODEL,
     _llama_hooked,
-    attach_tokenizer,
     fast_weight_layout,
+    hooked_from_config,
     prepare_tokenizer,
 )
+from .types import LanguageModel
 
 __all__ = ["TINY_TOKENIZER_DIR", "tiny_loaded", "tiny_model", "tiny_sae", "tiny_tokenizer"]
 
@@ -44,15 +44,15 @@ def tiny_model(
     tokenizer: Any | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
-) -> HookedTransformer:
-    """A randomly initialised small Llama-architecture model for fast tests (no network).
+) -> LanguageModel:
+    """A randomly initialised small Llama-architecture ``HookedTransformer`` for fast tests (no network).
 
     Uses :func:`tiny_tokenizer` when no tokenizer is given.
     """
     if tokenizer is None:
         tokenizer = tiny_tokenizer()
     n_heads = 4
-    cfg = HookedTransformerConfig(
+    fields = dict(
         d_model=d_model,
         d_head=d_model // n_heads,
         n_heads=n_heads,
@@ -72,17 +72,9 @@ def tiny_model(
         tokenizer_prepends_bos=False,
         default_prepend_bos=True,
         seed=seed,
-        device=str(device),
-        dtype=dtype,
         model_name=f"tiny-llama-{n_layers}l-{d_model}d-seed{seed}",
     )
-    model = HookedTransformer(
-        cfg, tokenizer=tokenizer, move_to_device=False, default_padding_side="left"
-    )
-    attach_tokenizer(model, tokenizer)
-    model.to(device)
-    model.to(dtype)
-    return fast_weight_layout(model).eval()
+    return hooked_from_config(fields, tokenizer, device, dtype)
 
 
 def tiny_sae(

@@ -169,3 +169,16 @@ def test_one_kv_cached_generation_loop() -> None:
     assert "new_kv_cache" in (PACKAGE / "generation.py").read_text()
     rel = (PACKAGE / "experiments" / "reliability" / "steering.py").read_text()
     assert "sample(" not in rel and "multinomial" not in rel
+
+
+def test_hooked_transformer_is_imported_in_one_module() -> None:
+    """TransformerLens 4 drops HookedTransformer: a move to it changes sae_ts/models.py only."""
+    users = sorted(
+        str(p.relative_to(PACKAGE))
+        for p in PACKAGE.rglob("*.py")
+        for node in ast.walk(ast.parse(p.read_text()))
+        if isinstance(node, ast.ImportFrom)
+        and (node.module or "").startswith("transformer_lens")
+        and any(a.name.startswith("HookedTransformer") for a in node.names)
+    )
+    assert set(users) == {"models.py"}, users

@@ -14,6 +14,7 @@ from typing import Any, Literal, TypeVar
 
 import torch
 
+from ..backends import BACKENDS, check_backend
 from ..errors import ConfigError
 from ..executors import RayExecutor
 from ..loading import Loaded, load, load_default
@@ -70,33 +71,47 @@ def add_model_args(p: argparse.ArgumentParser, sae_dir: bool = False) -> None:
         g.add_argument("--sae", default=None, help="a sae-lens SAE directory")
     g.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, mps ...")
     g.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    g.add_argument(
+        "--backend",
+        default="hooked",
+        choices=list(BACKENDS),
+        help="TransformerLens model class: hooked (HookedTransformer, default) or bridge "
+        "(TransformerBridge around the Hugging Face model)",
+    )
 
 
 def load_from_args(args: argparse.Namespace) -> Loaded:
     """Load the model+SAE named by :func:`add_model_args`'s options."""
     dtype = DTYPES[args.dtype]
+    backend = check_backend(getattr(args, "backend", None) or "hooked")
     sae_path = getattr(args, "sae", None)
     embedded = args.model is None or args.model in EMBEDDED_MODELS
     if sae_path:
         if args.sae_release or args.sae_id:
             raise ConfigError("--sae and --sae-release/--sae-id exclude each other")
-        return load(args.model or DEFAULT_MODEL, sae_path, device=args.device, dtype=dtype)
+        return load(
+            args.model or DEFAULT_MODEL, sae_path, device=args.device, dtype=dtype, backend=backend
+        )
     if args.sae_release or args.sae_id:
         if not (args.sae_release and args.sae_id):
             raise ConfigError("--sae-release and --sae-id go together")
         model = args.model or DEFAULT_MODEL
-        return load(model, args.sae_release, args.sae_id, device=args.device, dtype=dtype)
+        return load(
+            model, args.sae_release, args.sae_id, device=args.device, dtype=dtype, backend=backend
+        )
     if not embedded:
         raise ConfigError(
             f"--model {args.model} is a hub model: name its SAE with --sae-release and --sae-id "
             f"(or --sae DIR); only the embedded models {sorted(EMBEDDED_MODELS)} have one shipped"
         )
-    return load_default(device=args.device, dtype=dtype, model=args.model or DEFAULT_MODEL)
+    return load_default(
+        device=args.device, dtype=dtype, model=args.model or DEFAULT_MODEL, backend=backend
+    )
 
 
 def loader_from_args(args: argparse.Namespace) -> Callable[[], Loaded]:
     """:func:`load_from_args` with this command's model/SAE flags only: picklable for workers."""
-    keys = ("model", "sae_release", "sae_id", "sae", "device", "dtype")
+    keys = ("model", "sae_release", "sae_id", "sae", "device", "dtype", "backend")
     flags = argparse.Namespace(**{k: getattr(args, k, None) for k in keys})
     return functools.partial(load_from_args, flags)
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..backends import BACKENDS
 from ..experiments.demo import DemoSettings, format_table, run_demo
+from ..models import DEFAULT_MODEL, EMBEDDED_MODELS
 from .common import add_dataclass_args, config_from_args
 
 __all__ = ["add_cli_commands"]
@@ -13,7 +15,10 @@ __all__ = ["add_cli_commands"]
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     settings = config_from_args(DemoSettings, args)
-    result = run_demo(args.out, settings, args.seed, args.device, log=print)
+    result = run_demo(
+        args.out, settings, args.seed, args.device, log=print, model_name=args.model,
+        backend=args.backend,
+    )  # fmt: skip
     if not result.get("steering_only"):
         print()
         print(format_table(result["rows"]))
@@ -41,4 +46,16 @@ def add_cli_commands(sub: Any) -> None:
     add_dataclass_args(p.add_argument_group("measurement (DemoSettings)"), DemoSettings)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, mps ...")
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        choices=sorted(EMBEDDED_MODELS),
+        help="the embedded model (it needs a shipped effect model)",
+    )
+    p.add_argument(
+        "--backend",
+        default="hooked",
+        choices=list(BACKENDS),
+        help="hooked (HookedTransformer, default) or bridge (TransformerBridge)",
+    )
     p.set_defaults(func=_cmd_demo)

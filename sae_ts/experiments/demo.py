@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from .._util import sink_mask, to_tokens
-from ..backends import run_with_cache
+from ..backends import Backend, run_with_cache
 from ..baselines import caa_vector, find_features, sae_latent_vector
 from ..effect_model import load_default_effect_model
 from ..effects import EffectConfig, EffectEstimator, typical_residual_norm
@@ -32,8 +32,8 @@ from ..errors import SaeTsError
 from ..evaluation import measure_vector
 from ..generation import generate
 from ..loading import load_default
-from ..models import load_default_model
-from ..sae import DEFAULT_SAE_DIR
+from ..models import DEFAULT_MODEL, load_default_model
+from ..sae import default_sae_dir
 from ..solver import Target, solve
 from ..steering import SteeringVector, steer
 from ..types import LanguageModel
@@ -153,24 +153,29 @@ def run_demo(
     seed: int = 0,
     device: str = "cpu",
     log: Log = _quiet,
+    model_name: str = DEFAULT_MODEL,
+    backend: Backend = "hooked",
 ) -> dict[str, Any]:
     """Run the demo; return the table rows, the verdict, generations and the model's figures.
 
-    ``log`` receives one line per stage (the command line passes ``print``). Without the embedded
-    SAE, runs :func:`steering_only_demo` instead (the result then has ``"steering_only": True``).
+    ``model_name``: an embedded model with a shipped effect model; ``backend``: ``"hooked"`` or
+    ``"bridge"`` (see :mod:`sae_ts.backends`). ``log`` receives one line per stage (the command
+    line passes ``print``). Without the embedded SAE, runs :func:`steering_only_demo` instead (the
+    result then has ``"steering_only": True``).
     """
     st = settings or DemoSettings()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if not (DEFAULT_SAE_DIR / "sae_weights.safetensors").exists():
-        log(f"The embedded SAE is not in {DEFAULT_SAE_DIR} (build it with `sae-ts train-sae`);")
+    sae_dir = default_sae_dir(model_name)
+    if not (sae_dir / "sae_weights.safetensors").exists():
+        log(f"The embedded SAE is not in {sae_dir} (build it with `sae-ts train-sae`);")
         log(
             "running the steering part of the demo only: CAA for the demo concept, steered vs unsteered."
         )
         return {**steering_only_demo(seed=seed, device=device), "steering_only": True}
     t0 = time.time()
-    model, sae, hook = load_default(device=device)
-    em = load_default_effect_model()
+    em = load_default_effect_model(model_name)  # first: a clear error if none is shipped
+    model, sae, hook = load_default(device=device, model=model_name, backend=backend)
     log(
         f"[1/4] loaded {model.cfg.model_name} + SAE ({sae.cfg.d_sae} latents at {hook}) and the "
         f"shipped effect model ({em.record.get('n_vectors')} vectors, measured at scale "

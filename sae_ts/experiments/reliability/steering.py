@@ -41,6 +41,7 @@ import torch
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
+from ...backends import is_bridge
 from ...baselines import find_features, mean_activations
 from ...effect_model import LinearEffectModel
 from ...errors import ConfigError
@@ -197,6 +198,11 @@ def answer_curves(
     rows per forward pass, and the rest of each answer once per answer from that state.
     """
     _check_positions(positions)
+    if is_bridge(model):
+        raise ConfigError(
+            "the reliability analysis reuses TransformerLens's KV cache across steering vectors "
+            "and runs on a HookedTransformer only for now; load the model with backend='hooked'"
+        )
     V = vectors[None] if vectors.ndim == 1 else vectors
     if V.ndim != 2:
         raise ConfigError("vectors must be [d_model] or [n_vectors, d_model]")
