@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from ._util import DEFAULT_SINK_RATIO, hook_layer, sink_threshold, to_tokens
 from .artifacts import ArtifactError, load_artifact, save_artifact, write_json_atomic
-from .backends import run_with_cache
+from .backends import is_bridge, run_with_cache
 from .errors import ConfigError
 from .executors import Executor, LocalExecutor
 from .generation import generate, gumbel_noise, sample_gumbel
@@ -486,6 +486,12 @@ def calibrate_scales(
     """
     from scipy.optimize.elementwise import find_root
 
+    if is_bridge(model):
+        raise ConfigError(
+            "loss-calibrated scales restart the forward pass at the steering layer "
+            "(start_at_layer), which TransformerBridge does not support; use a fixed scale "
+            "(--scale / --scale-fraction) or backend='hooked'"
+        )
     vectors = check_vector(vectors, model.cfg.d_model, "vectors")
     if vectors.ndim == 1:
         vectors = vectors[None]

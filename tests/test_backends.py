@@ -151,3 +151,33 @@ def test_embedded_model_effects_on_both_backends(real_model):
         for m in (real_model, bridge)
     )
     assert float((a - b).norm() / a.norm()) < 1e-4
+
+
+def test_sae_encoding_and_splicing_agree(pair):
+    """sae-ts's own hooks encode and splice an SAE the same way on both backends (explained
+    variance, L0 and the CE loss with the reconstruction spliced in)."""
+    from sae_ts.sae import evaluate_sae
+
+    hooked, bridge = pair
+    sae = sae_ts.testing.tiny_sae(d_in=hooked.cfg.d_model, hook_name=HOOK, architecture="jumprelu")
+    text = "the quick brown fox jumps over the lazy dog and runs far away " * 4
+    res = [evaluate_sae(m, sae, [text], context_size=24, max_tokens=96) for m in (hooked, bridge)]
+    for field in ("explained_variance", "l0", "ce_clean", "ce_sae", "ce_mean_ablated"):
+        a, b = getattr(res[0], field), getattr(res[1], field)
+        assert abs(a - b) <= 1e-4 * max(1.0, abs(a)), (field, a, b)
+
+
+def test_load_accepts_a_bridge_you_already_have(pair):
+    _, bridge = pair
+    sae = sae_ts.testing.tiny_sae(d_in=bridge.cfg.d_model, hook_name=HOOK)
+    loaded = sae_ts.load(bridge, sae)
+    assert loaded.model is bridge and loaded.hook_name == HOOK
+    wrong = sae_ts.testing.tiny_sae(d_in=32, hook_name=HOOK)
+    with pytest.raises(sae_ts.SaeTsError):
+        sae_ts.load(bridge, wrong)
+
+
+def test_calibration_refuses_a_bridge_clearly(pair):
+    _, bridge = pair
+    with pytest.raises(ConfigError, match="start_at_layer"):
+        sae_ts.calibrate_scales(bridge, torch.ones(bridge.cfg.d_model), HOOK)

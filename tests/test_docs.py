@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
 
@@ -36,3 +38,20 @@ def test_benchmarks_index_lists_every_script() -> None:
     scripts = [*sorted(p.name for p in (REPO / "benchmarks").glob("*.py")), "gpu_check.sh"]
     missing = [s for s in scripts if f"`{s}`" not in index]
     assert not missing, f"benchmarks/README.md lacks {missing}"
+
+
+def _readme_first_example() -> str:
+    text = (REPO / "README.md").read_text()
+    start = text.index("```python\n") + len("```python\n")
+    return text[start : text.index("```", start)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["hooked", "bridge"])
+def test_readme_first_example_runs_on_either_backend(backend: str, capsys) -> None:
+    code = _readme_first_example()
+    assert "sae_ts.load_default()" in code
+    code = code.replace("sae_ts.load_default()", f"sae_ts.load_default(backend={backend!r})")
+    exec(compile(code, "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert len(out.strip()) > 20, out
