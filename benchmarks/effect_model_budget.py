@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from sae_ts.effect_model import evaluate_heldout, fit_ridge, noise_ceiling
+from sae_ts.effect_model import FIT_METHODS, evaluate_heldout, fit, fit_ridge, noise_ceiling
 from sae_ts.effects import EffectDataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,6 +62,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--plot", type=Path, default=None)
     ap.add_argument("--save-model", type=Path, default=None)
+    ap.add_argument("--methods", default="ridge",
+                    help=f"comma-separated fit methods to compare, from {','.join(FIT_METHODS)}")  # fmt: skip
     ap.add_argument(
         "--target-features",
         type=Path,
@@ -95,12 +97,13 @@ def main() -> None:
         features = sorted({int(f) for t in tasks.values() for f in t["target"]["raise"]})
         out["target_features"] = features
         print(f"target latents ({len(features)}, from {args.target_features}): {features}")
-    for n in sizes:
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for method, n in ((m, n) for m in methods for n in sizes):
         sub = EffectDataset(train.inputs[:n], train.scales[:n], train.effects[:n], train.baseline)
-        # holdout=1 keeps fit_ridge's interface; the real test is the separate held-out set
-        em, rep = fit_ridge(sub, holdout=max(1, n // 10), seed=args.seed)
+        # the fit's own split picks its strength; the real test is the separate held-out set
+        em, rep = fit(sub, method, holdout=max(1, n // 10), seed=args.seed)
         ev = evaluate_heldout(em, ta, tb, groups, features)
-        row = {"n": n, "alpha": rep.alpha, **{g: v for g, v in ev.items()}}
+        row = {"method": method, "n": n, "alpha": rep.alpha, **{g: v for g, v in ev.items()}}
         for g in ("all", "dec", "gauss"):
             idx = [i for i in range(len(ta)) if g == "all" or groups[i] == g]
 
@@ -119,7 +122,7 @@ def main() -> None:
         out["fits"].append(row)
         a = row["all"]
         print(
-            f"n={n:5d}  R² {a['r2']:+.3f} [{a['r2_ci'][0]:+.3f}, {a['r2_ci'][1]:+.3f}]  ceiling "
+            f"{method:18s} n={n:5d}  R² {a['r2']:+.3f} [{a['r2_ci'][0]:+.3f}, {a['r2_ci'][1]:+.3f}]  ceiling "
             f"{a['ceiling']:.3f}  R²/ceiling {a['r2_over_ceiling']:.2f}  cos(vW, y-b) "
             f"{a['cosine_minus_b']:.3f}  | dec R² {row['dec']['r2']:+.3f} gauss R² "
             f"{row['gauss']['r2']:+.3f}",
@@ -180,12 +183,18 @@ def plot(out: dict, path: Path) -> None:
 
     fig = Figure(figsize=(13, 4))
     ax = fig.add_subplot(1, 3, 1)
-    for g, c in (("all", "k"), ("dec", "tab:blue"), ("gauss", "tab:orange")):
-        ns = [f["n"] for f in out["fits"]]
-        ax.plot(ns, [f[g]["r2"] for f in out["fits"]], "o-", color=c, label=f"R² ({g})")
-        ax.fill_between(ns, [f[g]["r2_ci"][0] for f in out["fits"]],
-                        [f[g]["r2_ci"][1] for f in out["fits"]], color=c, alpha=0.15)  # fmt: skip
-        ax.plot(ns, [f[g]["ceiling"] for f in out["fits"]], "--", color=c, label=f"ceiling ({g})")
+    methods = list(dict.fromkeys(f.get("method", "ridge") for f in out["fits"]))
+    for k, method in enumerate(methods):
+        fits = [f for f in out["fits"] if f.get("method", "ridge") == method]
+        style = ("o-", "s:", "^-.")[k % 3]
+        for g, c in (("all", "k"), ("dec", "tab:blue"), ("gauss", "tab:orange")):
+            ns = [f["n"] for f in fits]
+            label = f"R² ({g})" + (f", {method}" if len(methods) > 1 else "")
+            ax.plot(ns, [f[g]["r2"] for f in fits], style, color=c, label=label)
+            if k == 0:
+                ax.fill_between(ns, [f[g]["r2_ci"][0] for f in fits],
+                                [f[g]["r2_ci"][1] for f in fits], color=c, alpha=0.15)  # fmt: skip
+                ax.plot(ns, [f[g]["ceiling"] for f in fits], "--", color=c, label=f"ceiling ({g})")
     ax.axvline(576, color="grey", lw=0.8, ls=":")  # d_model
     half = 0.5 * out["fits"][-1]["all"]["ceiling"]
     ax.axhline(half, color="k", lw=0.8, ls=":", label="½ ceiling (all)")

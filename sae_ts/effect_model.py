@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeAlias
 
 import torch
 
@@ -27,15 +27,20 @@ from .errors import ConfigError, MissingFileError
 
 __all__ = [
     "DEFAULT_EFFECT_MODEL",
+    "FIT_METHODS",
+    "FitMethod",
     "FitReport",
     "LinearEffectModel",
     "RolloutReliability",
     "UnderdeterminedFitWarning",
     "effect_metrics",
     "evaluate_heldout",
+    "fit",
     "fit_adam",
     "fit_ridge",
+    "fit_ridge_per_feature",
     "load_default_effect_model",
+    "load_effect_model",
     "noise_ceiling",
 ]
 
@@ -192,6 +197,76 @@ def fit_ridge(
     return model, report
 
 
+def fit_ridge_per_feature(
+    ds: EffectDataset,
+    holdout: int = 100,
+    alphas: torch.Tensor | None = None,
+    seed: int = 0,
+) -> tuple[LinearEffectModel, FitReport]:
+    """Closed-form ridge with one ridge strength per SAE feature, each chosen by exact
+    leave-one-out error on the train part (issue #26).
+
+    Features differ in how much of their effect is signal: a rare latent's column of ``W`` is
+    mostly noise and wants strong shrinkage, a common one's little. With the SVD ``Xc = U S Vᵀ``
+    of the centred inputs, the leave-one-out residual of sample ``i`` is ``r_i / (1 - h_ii)``
+    (``h`` the diagonal of the hat matrix, ``1/n`` for the intercept included), so every
+    feature's LOO error at every strength costs one matrix product per strength. ``seed`` is
+    unused (no random split) and kept for a uniform signature.
+    """
+    del seed
+    t0 = time.perf_counter()
+    Xtr, Ytr, Xte, Yte = _split(ds, holdout)
+    _warn_if_underdetermined(Xtr.shape[0], Xtr.shape[1])
+    if alphas is None:
+        alphas = torch.logspace(-4, 3, 15, dtype=torch.float64)
+    n = Xtr.shape[0]
+    V, s, UtY, xm, ym = _ridge_path(Xtr, Ytr, alphas)
+    U = (Xtr - xm) @ V / s.clamp_min(1e-12)  # [n, r]
+    Yc = Ytr - ym
+    U2 = U**2
+    loo = torch.empty(len(alphas), Ytr.shape[1], dtype=torch.float64)
+    for j, a in enumerate(alphas.tolist()):
+        shrink = s**2 / (s**2 + a)
+        h = 1.0 / n + U2 @ shrink  # [n]
+        resid = Yc - U @ (shrink[:, None] * UtY)
+        loo[j] = ((resid / (1.0 - h).clamp_min(1e-6)[:, None]) ** 2).sum(0)
+    best = loo.argmin(0)  # [d_sae]
+    W = torch.empty(Xtr.shape[1], Ytr.shape[1], dtype=torch.float64)
+    for j in best.unique().tolist():
+        cols = (best == j).nonzero().squeeze(1)
+        W[:, cols] = _ridge_weights(V, s, UtY[:, cols], float(alphas[j]))
+    b = ym - xm @ W
+    r2, cos = effect_metrics(Xte @ W + b, Yte)
+    counts = torch.bincount(best, minlength=len(alphas)).tolist()
+    report = FitReport(
+        "ridge_per_feature", r2, cos, n, holdout, time.perf_counter() - t0,
+        float(alphas[int(torch.tensor(counts).argmax())]),
+        {f"{a:.3g}": float(c) for a, c in zip(alphas.tolist(), counts)},
+    )  # fmt: skip
+    return LinearEffectModel(W.float(), b.float(), _record(ds, report)), report
+
+
+FitMethod: TypeAlias = Literal["ridge", "ridge_per_feature", "adam"]
+"""Effect-model fits: CV ridge (the shipped model), ridge with a LOO strength per feature, or
+the paper's Adam recipe."""
+
+FIT_METHODS: tuple[FitMethod, ...] = ("ridge", "ridge_per_feature", "adam")
+
+
+def fit(
+    ds: EffectDataset, method: FitMethod = "ridge", holdout: int = 100, seed: int = 0
+) -> tuple[LinearEffectModel, FitReport]:
+    """Fit ``effect ≈ v @ W + b`` by ``method`` (see :data:`FIT_METHODS`); every method returns
+    a :class:`LinearEffectModel`, so the solvers work with each."""
+    if method == "ridge":
+        return fit_ridge(ds, holdout=holdout, seed=seed)
+    if method == "ridge_per_feature":
+        return fit_ridge_per_feature(ds, holdout=holdout, seed=seed)
+    if method == "adam":
+        return fit_adam(ds, holdout=holdout, seed=seed)
+    raise ConfigError(f"unknown fit method {method!r}; choose one of {list(FIT_METHODS)}")
+
+
 def fit_adam(
     ds: EffectDataset,
     holdout: int = 100,
@@ -253,6 +328,12 @@ def load_default_effect_model(model: str = "smollm2-135m") -> LinearEffectModel:
             "`sae-ts estimate` and `sae-ts fit` (see benchmarks/effect_campaign.py)"
         )
     em = LinearEffectModel.load(path)  # stored in fp16 to keep the wheel small
+    return LinearEffectModel(em.W.float(), em.b.float(), em.record)
+
+
+def load_effect_model(path: str | Path) -> LinearEffectModel:
+    """A saved effect model of any fit method (safetensors + JSON record), in float32."""
+    em = LinearEffectModel.load(path)
     return LinearEffectModel(em.W.float(), em.b.float(), em.record)
 
 

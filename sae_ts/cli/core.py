@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from ..baselines import find_features
-from ..effect_model import LinearEffectModel, fit_adam, fit_ridge
+from ..effect_model import FIT_METHODS, LinearEffectModel, fit
 from ..effects import (
     EffectConfig,
     EffectDataset,
@@ -22,6 +22,7 @@ from ..effects import (
     random_directions,
     typical_residual_norm,
 )
+from ..errors import ConfigError
 from ..evaluation import measure_vector
 from ..solver import Target, solve_with_info
 from ..steering import SteeringVector
@@ -86,11 +87,15 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    ds = EffectDataset.load(args.effects)
-    if args.method == "ridge":
-        model, rep = fit_ridge(ds, holdout=args.holdout, seed=args.seed)
-    else:
-        model, rep = fit_adam(ds, holdout=args.holdout, seed=args.seed)
+    path = Path(args.effects)
+    chunked = path.is_dir() and any(path.glob("chunk_*.safetensors"))
+    ds = EffectDataset.load_dir(path) if chunked else EffectDataset.load(path)
+    if args.max_vectors is not None:
+        if args.max_vectors < 2:
+            raise ConfigError("--max-vectors must be at least 2")
+        n = min(args.max_vectors, len(ds))
+        ds = EffectDataset(ds.inputs[:n], ds.scales[:n], ds.effects[:n], ds.baseline, ds.record)
+    model, rep = fit(ds, method=args.method, holdout=args.holdout, seed=args.seed)
     stem = model.save(args.out)
     print(rep)
     print(f"effect model -> {stem}.safetensors (+ .json)")
@@ -170,9 +175,25 @@ def add_cli_commands(sub: Any) -> None:
     p.set_defaults(func=_cmd_estimate)
 
     p = sub.add_parser("fit", help="fit the linear effect model effect = v @ W + b")
-    p.add_argument("--effects", required=True, help="effect dataset (DIR/effects)")
+    p.add_argument(
+        "--effects",
+        required=True,
+        help="an effect dataset (DIR/effects) or a campaign's chunk directory (data/effects/train)",
+    )
     p.add_argument("--out", required=True)
-    p.add_argument("--method", choices=["ridge", "adam"], default="ridge")
+    p.add_argument(
+        "--method",
+        choices=list(FIT_METHODS),
+        default="ridge",
+        help="ridge (CV strength; the shipped model's), ridge_per_feature (a LOO strength per "
+        "feature) or adam (the paper's fit)",
+    )
+    p.add_argument(
+        "--max-vectors",
+        type=int,
+        default=None,
+        help="fit on the first N vectors only (a campaign's chunks are a shuffled prefix)",
+    )
     p.add_argument("--holdout", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_fit)

@@ -81,6 +81,7 @@ def test_model_flags_are_one_set_defaulting_to_cpu() -> None:
     for cmd in (["estimate", "--out", "o"], ["find-features"], ["reliability", "--dataset", "d"]):
         a = parser.parse_args(cmd)
         assert a.device == "cpu" and a.dtype == "float32" and a.model is None, cmd
+        assert a.backend == "hooked", cmd
     assert parser.parse_args(["sae-eval", "--device", "cuda"]).device == "cuda"
 
 
@@ -182,6 +183,14 @@ def test_core_pipeline_end_to_end_on_the_real_model(tmp_path, capsys):
         == 0
     )
     assert "held-out R²" in capsys.readouterr().out
+    # a chunk directory, its first N vectors, another fit method
+    assert (
+        main(["fit", "--effects", str(fx), "--out", str(tmp_path / "em8"), "--holdout", "2",
+              "--max-vectors", "8", "--method", "ridge_per_feature"])  # fmt: skip
+        == 0
+    )
+    assert "ridge_per_feature" in capsys.readouterr().out
+    assert json.loads((tmp_path / "em8.json").read_text())["fit"]["n_train"] == 6
     assert (
         main(
             [
