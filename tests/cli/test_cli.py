@@ -184,11 +184,8 @@ def test_core_pipeline_end_to_end_on_the_real_model(tmp_path, capsys):
     )
     assert "held-out R²" in capsys.readouterr().out
     # a chunk directory, its first N vectors, another fit method
-    assert (
-        main(["fit", "--effects", str(fx), "--out", str(tmp_path / "em8"), "--holdout", "2",
-              "--max-vectors", "8", "--method", "ridge_per_feature"])  # fmt: skip
-        == 0
-    )
+    fit8 = ["--out", str(tmp_path / "em8"), "--holdout", "2", "--max-vectors", "8"]
+    assert main(["fit", "--effects", str(fx), *fit8, "--method", "ridge_per_feature"]) == 0
     assert "ridge_per_feature" in capsys.readouterr().out
     assert json.loads((tmp_path / "em8.json").read_text())["fit"]["n_train"] == 6
     assert (
