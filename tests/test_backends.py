@@ -128,12 +128,27 @@ def test_embedded_model_parity_on_both_backends(real_model):
     assert len(set(texts)) == 4  # every scale changes the text
 
 
-def test_reliability_refuses_a_bridge_clearly(pair):
-    from sae_ts.experiments.reliability.steering import answer_curves
+@pytest.mark.parametrize("rule", ["tan", "answer"])
+def test_reliability_curves_agree(pair, rule):
+    """The reliability analysis's cached scoring (one KV cache per item, forked per steering
+    vector, frozen for both answers) gives the same curves on both backends."""
+    import numpy as np
 
-    _, bridge = pair
-    with pytest.raises(ConfigError, match="backend='hooked'"):
-        answer_curves(bridge, [], torch.zeros(bridge.cfg.d_model), HOOK)
+    from sae_ts.experiments.reliability.items import to_mc_items
+    from sae_ts.experiments.reliability.steering import answer_curves
+    from tests.experiments.reliability.test_reliability import persona_records
+
+    hooked, bridge = pair
+    items = to_mc_items(persona_records(2, 1))
+    V = torch.randn(2, hooked.cfg.d_model, generator=torch.Generator().manual_seed(0))
+    mult = (-2.0, 0.0, 3.0)
+    a, b = (
+        answer_curves(m, items, V, HOOK, mult, rule, batch_size=2, max_rows=5)
+        for m in (hooked, bridge)
+    )
+    for field in ("propensity", "letter", "format_logprob"):
+        np.testing.assert_allclose(getattr(a, field), getattr(b, field), atol=1e-4)
+    assert not np.allclose(a.propensity[:, 0, 0], a.propensity[:, 0, 2])
 
 
 @pytest.mark.slow

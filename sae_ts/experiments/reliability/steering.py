@@ -31,6 +31,7 @@ Scores (:class:`AnswerCurves`), per item, vector and multiplier:
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ import torch
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
-from ...backends import is_bridge
+from ...backends import forward_cached, is_bridge, new_kv_cache
 from ...baselines import find_features, mean_activations
 from ...effect_model import LinearEffectModel
 from ...errors import ConfigError
@@ -158,18 +159,52 @@ def _item_cache(
     return TransformerLensKeyValueCache(entries, mask, frozen=frozen)
 
 
-def _run(
-    model: LanguageModel,
-    hook_name: str,
-    hook: SteeringHook,
-    toks: torch.Tensor,
-    cache: TransformerLensKeyValueCache,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probabilities and logits (float32, on the CPU) of ``toks`` after ``cache``."""
-    toks = toks.to(model.cfg.device)
-    with add_hooks(model, [(hook_name, hook)]):
-        out = model(toks, attention_mask=torch.ones_like(toks), past_kv_cache=cache)
-    return torch.log_softmax(out.float(), -1).cpu(), out.float().cpu()
+class _ItemState:
+    """One item's cached prompt head, broadcast to ``rows`` rows, on either backend.
+
+    :meth:`run` scores tokens after the state and extends it; after :meth:`freeze`, every run
+    continues from the frozen state (both answers from the same prefix). A HookedTransformer's
+    cache is viewed (no copy) and frozen by TransformerLens; a bridge's Hugging Face cache is
+    copied for the item and cropped back to the frozen length after each run.
+    """
+
+    def __init__(
+        self, model: LanguageModel, cache: Any, mask: torch.Tensor, j: int, rows: int
+    ) -> None:
+        self.model, self.bridge = model, is_bridge(model)
+        self.frozen_len: int | None = None
+        if self.bridge:
+            c = copy.deepcopy(cache)
+            c.batch_select_indices(torch.tensor([j], device=mask.device))
+            c.batch_repeat_interleave(rows)
+            self.cache, self.mask = c, mask[j : j + 1].expand(rows, -1)
+        else:
+            self.cache, self.mask = _item_cache(cache, j, rows, frozen=False), mask
+
+    def freeze(self) -> None:
+        if self.bridge:
+            self.frozen_len = int(self.cache.get_seq_length())
+        else:
+            self.cache.freeze()
+
+    def run(
+        self, hook_name: str, hook: SteeringHook, toks: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probabilities and logits (float32, on the CPU) of ``toks`` after the state."""
+        toks = toks.to(self.model.cfg.device)
+        with add_hooks(self.model, [(hook_name, hook)]):
+            if self.bridge:
+                mask = torch.cat([self.mask, torch.ones_like(toks)], dim=1)
+                out = forward_cached(self.model, toks, self.cache, mask)
+                if self.frozen_len is None:
+                    self.mask = mask
+                else:  # back to the frozen prefix (transformers 5: crop takes -tokens)
+                    self.cache.crop(self.frozen_len - int(self.cache.get_seq_length()))
+            else:
+                out = self.model(
+                    toks, attention_mask=torch.ones_like(toks), past_kv_cache=self.cache
+                )
+        return torch.log_softmax(out.float(), -1).cpu(), out.float().cpu()
 
 
 def _score(logits: torch.Tensor, ids: list[int]) -> torch.Tensor:
@@ -198,11 +233,6 @@ def answer_curves(
     rows per forward pass, and the rest of each answer once per answer from that state.
     """
     _check_positions(positions)
-    if is_bridge(model):
-        raise ConfigError(
-            "the reliability analysis reuses TransformerLens's KV cache across steering vectors "
-            "and runs on a HookedTransformer only for now; load the model with backend='hooked'"
-        )
     V = vectors[None] if vectors.ndim == 1 else vectors
     if V.ndim != 2:
         raise ConfigError("vectors must be [d_model] or [n_vectors, d_model]")
@@ -234,8 +264,8 @@ def answer_curves(
         pad = int(tok.pad_token_id if tok.pad_token_id is not None else 0)
         toks = torch.tensor([[pad] * (width - len(h)) + h for h in heads], device=dev)
         mask = torch.tensor([[0] * (width - len(h)) + [1] * len(h) for h in heads], device=dev)
-        cache = TransformerLensKeyValueCache.init_cache(model.cfg, dev, len(ats))
-        model(toks, attention_mask=mask, past_kv_cache=cache)
+        cache = new_kv_cache(model, len(ats))
+        forward_cached(model, toks, cache, mask)
         for j, a in enumerate(ats):
             t = next(i for i in range(m_ans) if a.pos[i] != a.neg[i])  # the letter's index
             shared = torch.tensor([a.prompt[-n_run:] + a.pos[:t]])  # the same for both answers
@@ -245,9 +275,9 @@ def answer_curves(
             for r0 in range(0, n_rows, max_rows):
                 r1 = min(n_rows, r0 + max_rows)
                 rows = slice(r0, r1)
-                c = _item_cache(cache, j, r1 - r0, frozen=False)
+                c = _ItemState(model, cache, mask, j, r1 - r0)
                 hook = SteeringHook(vec_rows[rows], scale_rows[rows], n_run - n_steer)
-                lp, lg = _run(model, hook_name, hook, shared.expand(r1 - r0, -1), c)
+                lp, lg = c.run(hook_name, hook, shared.expand(r1 - r0, -1))
                 lp, lg = lp[:, read], lg[:, read]
                 let[rows] = lg[:, t, a.pos[t]] - lg[:, t, a.neg[t]]
                 c.freeze()  # both answers continue from the same state
@@ -256,7 +286,7 @@ def answer_curves(
                     if t + 1 < m_ans:  # the answer's tokens after the letter
                         rest = torch.tensor([ans[t : m_ans - 1]]).expand(r1 - r0, -1)
                         hook = SteeringHook(vec_rows[rows], scale_rows[rows], "all")
-                        lp2, lg2 = _run(model, hook_name, hook, rest, c)
+                        lp2, lg2 = c.run(hook_name, hook, rest)
                         lp_b, lg_b = (
                             lp_b + _score(lp2, ans[t + 1 :]),
                             lg_b + _score(lg2, ans[t + 1 :]),
