@@ -7,6 +7,7 @@ import functools
 from pathlib import Path
 from typing import Any
 
+from ..backends import BACKENDS
 from ..experiments.compare.run import (
     METHODS,
     judges_from_args,
@@ -24,7 +25,8 @@ __all__ = ["add_cli_commands"]
 def _cmd(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     executor = executor_from_args(
-        args, functools.partial(load_default, device=args.device, model=args.model)
+        args,
+        functools.partial(load_default, device=args.device, model=args.model, backend=args.backend),
     )
     judges = judges_from_args(
         args.judge, args.judge_model, args.judge_base_url,
@@ -47,6 +49,7 @@ def _cmd(args: argparse.Namespace) -> int:
             executor=executor,
             targets=args.targets,
             model_name=args.model,
+            backend=args.backend,
         )
     finally:
         if executor is not None:
@@ -121,6 +124,12 @@ def add_cli_commands(sub: Any) -> None:
     p.add_argument("--judge-base-url", default=None, help="API root, e.g. http://localhost:8000/v1")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, mps ...")
+    p.add_argument(
+        "--backend",
+        default="hooked",
+        choices=list(BACKENDS),
+        help="hooked (HookedTransformer, default) or bridge (TransformerBridge)",
+    )
     p.add_argument(
         "--model",
         choices=sorted(EMBEDDED_MODELS),

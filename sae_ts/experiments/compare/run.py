@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from ...artifacts import read_checkpoint, write_checkpoint
+from ...backends import Backend
 from ...baselines import caa_vector, sae_latent_vector
 from ...effect_model import EMBEDDED_EFFECT_MODELS, LinearEffectModel, load_default_effect_model
 from ...effects import sae_fingerprint, typical_residual_norm
@@ -455,12 +456,15 @@ def run_comparison(
     executor: Executor | None = None,
     targets: str = "fgaa",
     model_name: str = "smollm2-135m",
+    backend: Backend = "hooked",
 ) -> dict[str, Any]:
     """``sae-ts compare``: every task x method on the embedded model; JSON, tables, plots.
 
     ``targets``: the target-selection rule (:data:`sae_ts.selection.SELECTORS`) whose latents the
     SAE methods aim at. ``model_name``: the embedded model (``"smollm2-135m"`` or
-    ``"gemma-3-270m"``); its shipped SAE and effect model are used.
+    ``"gemma-3-270m"``); its shipped SAE and effect model are used. ``backend``: ``"hooked"`` or
+    ``"bridge"`` (:mod:`sae_ts.backends`); the model's name, and so the checkpoints' keys, differ
+    between the two.
 
     ``effect_model_path``: a saved :class:`~sae_ts.effect_model.LinearEffectModel`, or ``None`` /
     ``"default"`` for the one shipped for the embedded SAE. ``features``: per task (directory
@@ -480,7 +484,7 @@ def run_comparison(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg = CompareConfig.budget(budget, seed=seed, targets=targets)
-    model, sae, hook = load_default(device=device, model=model_name)
+    model, sae, hook = load_default(device=device, model=model_name, backend=backend)
     em, em_src = None, None
     if any(m in ("sae_ts", "targeted", "fgaa") for m in methods) or targets == "effect":
         em, em_src = load_effect_model(effect_model_path, model_name)
