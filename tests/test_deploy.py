@@ -223,9 +223,9 @@ def test_llamacpp_adds_the_exported_vector_where_saets_does(real_model, tmp_path
 
     On the GGUF's F32 dequantisation (sae-ts's very weights; F32 KV cache) llama.cpp gives sae-ts's
     logits to 1e-3 (measured: ~4e-5 RMS) unsteered and steered, and the same greedy tokens. On
-    the Q4_1 file itself, llama.cpp's quantised arithmetic moves the logits by ~0.39 RMS even
-    unsteered; steered at direction.12 they stay that close to sae-ts's, while direction.11 and
-    .13 are >= 1.8 away."""
+    the Q4_1 file itself, llama.cpp's quantised arithmetic moves the logits even unsteered
+    (measured: 0.47 RMS on these prompts), the tolerance scale; steered at direction.12 they
+    stay that close to sae-ts's (0.33), while direction.11 and .13 are >= 2.1 away."""
     pytest.importorskip("llama_cpp")
     from sae_ts.models import embedded_gguf_path
     from sae_ts.sae import load_default_sae
@@ -234,7 +234,7 @@ def test_llamacpp_adds_the_exported_vector_where_saets_does(real_model, tmp_path
     hook = "blocks.12.hook_resid_post"
     v = load_default_sae().W_dec[3394].detach().float()
     v = v / v.norm()
-    scale = 72.0  # the shipped effect model's scale: 0.5 x the typical residual norm
+    scale = 120.0  # 0.84 x the typical residual norm at layer 12: the text changes
     toks = [to_tokens(real_model, [p])[0].tolist() for p in bench.MAPPING_PROMPTS[:3]]
     files = {}
     for n in (11, 12, 13):
@@ -246,9 +246,10 @@ def test_llamacpp_adds_the_exported_vector_where_saets_does(real_model, tmp_path
     plain = [bench.tl_logits(real_model, t) for t in toks]
     steered = [bench.tl_logits(real_model, t, hook, v, scale) for t in toks]
 
-    def rms(cpp, want, n=None):
+    def rms(cpp, want, n=None):  # RMS logit difference, mean over the prompts
         cpp.set_control_vector(None if n is None else files[n])
-        return max(float((cpp.logits(t) - w).pow(2).mean().sqrt()) for t, w in zip(toks, want))
+        d = [float((cpp.logits(t) - w).pow(2).mean().sqrt()) for t, w in zip(toks, want)]
+        return sum(d) / len(d)
 
     gguf = embedded_gguf_path()
     exact = bench.LlamaCpp(bench.f32_gguf(gguf, tmp_path / "f32.gguf"), type_k=0, type_v=0)
@@ -267,7 +268,7 @@ def test_llamacpp_adds_the_exported_vector_where_saets_does(real_model, tmp_path
     q4 = bench.LlamaCpp(gguf)
     try:
         unsteered = rms(q4, plain)
-        assert unsteered < 0.8  # measured 0.39 (mean over prompts), the tolerance scale
+        assert unsteered < 0.8  # the tolerance scale
         right = rms(q4, steered, 12)
         assert right < 1.5 * unsteered
         assert min(rms(q4, steered, 11), rms(q4, steered, 13)) > 3 * right
