@@ -157,6 +157,12 @@ def _ridge_weights(
     return V @ ((s / (s**2 + alpha))[:, None] * UtY)
 
 
+def _ridge_grid(Xtr: torch.Tensor, alphas: torch.Tensor | None) -> torch.Tensor:
+    """Warn on an underdetermined fit; the ridge strengths to try (default 1e-4 ... 1e3)."""
+    _warn_if_underdetermined(Xtr.shape[0], Xtr.shape[1])
+    return torch.logspace(-4, 3, 15, dtype=torch.float64) if alphas is None else alphas
+
+
 def fit_ridge(
     ds: EffectDataset,
     holdout: int = 100,
@@ -167,9 +173,7 @@ def fit_ridge(
     """Closed-form ridge fit; the ridge strength is chosen by ``folds``-fold CV on the train part."""
     t0 = time.perf_counter()
     Xtr, Ytr, Xte, Yte = _split(ds, holdout)
-    _warn_if_underdetermined(Xtr.shape[0], Xtr.shape[1])
-    if alphas is None:
-        alphas = torch.logspace(-4, 3, 15, dtype=torch.float64)
+    alphas = _ridge_grid(Xtr, alphas)
     n = Xtr.shape[0]
     folds = max(2, min(folds, n))
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
@@ -216,9 +220,7 @@ def fit_ridge_per_feature(
     del seed
     t0 = time.perf_counter()
     Xtr, Ytr, Xte, Yte = _split(ds, holdout)
-    _warn_if_underdetermined(Xtr.shape[0], Xtr.shape[1])
-    if alphas is None:
-        alphas = torch.logspace(-4, 3, 15, dtype=torch.float64)
+    alphas = _ridge_grid(Xtr, alphas)
     n = Xtr.shape[0]
     V, s, UtY, xm, ym = _ridge_path(Xtr, Ytr, alphas)
     U = (Xtr - xm) @ V / s.clamp_min(1e-12)  # [n, r]
