@@ -135,9 +135,11 @@ def test_model_flag_takes_embedded_keys(monkeypatch):
     common.load_from_args(ns(model="gemma-3-270m", sae="some/dir"))
     assert calls[0] == (
         "default",
-        {"device": "cpu", "dtype": torch.float32, "model": "gemma-3-270m"},
+        {"device": "cpu", "dtype": torch.float32, "model": "gemma-3-270m", "backend": "hooked"},
     )
     assert calls[1][1]["model"] == "smollm2-135m"
+    common.load_from_args(ns(backend="bridge"))
+    assert calls[4][1]["backend"] == "bridge"
     assert calls[2] == ("load", ("gemma-3-270m", rel, sid))
     assert calls[3] == ("load", ("gemma-3-270m", "some/dir"))
 
