@@ -182,3 +182,17 @@ def test_hooked_transformer_is_imported_in_one_module() -> None:
         and any(a.name.startswith("HookedTransformer") for a in node.names)
     )
     assert set(users) == {"models.py"}, users
+
+
+def test_tests_mirror_the_package() -> None:
+    """Every module of sae_ts/ has tests/test_<module>.py; every sub-package a tests/ folder."""
+    tests = PACKAGE.parent / "tests"
+    missing = []
+    for p in sorted(PACKAGE.glob("*.py")):
+        name = p.stem.lstrip("_")
+        if not p.stem.startswith("__") and not (tests / f"test_{name}.py").exists():
+            missing.append(p.name)
+    for d in sorted(q for q in PACKAGE.iterdir() if (q / "__init__.py").exists()):
+        if not (tests / d.name).is_dir():
+            missing.append(d.name + "/")
+    assert not missing, f"no tests mirror {missing}"
