@@ -99,7 +99,7 @@ def main() -> None:
         print(f"target latents ({len(features)}, from {args.target_features}): {features}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for method, n in ((m, n) for m in methods for n in sizes):
-        sub = EffectDataset(train.inputs[:n], train.scales[:n], train.effects[:n], train.baseline)
+        sub = train.head(n)
         # the fit's own split picks its strength; the real test is the separate held-out set
         em, rep = fit(sub, method, holdout=max(1, n // 10), seed=args.seed)
         ev = evaluate_heldout(em, ta, tb, groups, features)

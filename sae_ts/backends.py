@@ -20,6 +20,7 @@ gets ``past_key_values``. ``tests/test_backends.py`` pins it.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
@@ -114,7 +115,14 @@ def new_kv_cache(model: Any, batch: int) -> Any:
 
 def _cache_kwarg(model: Any) -> str:
     """What the wrapped Hugging Face model calls its cache argument (transformers 5: ``cache``)."""
-    params = inspect.signature(model.original_model.forward).parameters
+    hf_class: Any = type(model.original_model)
+    return _cache_kwarg_of(hf_class)
+
+
+@functools.cache
+def _cache_kwarg_of(hf_class: Any) -> str:
+    # looked up once per class: forward_cached runs at every generated token
+    params = inspect.signature(hf_class.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
 
@@ -139,11 +147,13 @@ def forward_cached(
             stop_at_layer=stop_at_layer,
             **{_cache_kwarg(model): cache},
         )
-    # HookedTransformer keeps the cached part of the mask itself and wants the new tokens' part
+    # HookedTransformer keeps the cached part of the mask itself and wants the new tokens' part;
+    # with stop_at_layer it returns the residual stream there, whatever return_type says
     new = attention_mask[:, -tokens.shape[1] :]
-    if stop_at_layer is not None:
-        return model(tokens, past_kv_cache=cache, attention_mask=new, stop_at_layer=stop_at_layer)
-    return model(tokens, past_kv_cache=cache, attention_mask=new, return_type="logits")
+    return model(
+        tokens, past_kv_cache=cache, attention_mask=new, return_type="logits",
+        stop_at_layer=stop_at_layer,
+    )  # fmt: skip
 
 
 def pad_mask(model: Any, tokens: torch.Tensor) -> torch.Tensor:

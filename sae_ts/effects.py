@@ -160,6 +160,12 @@ class EffectDataset:
     def __len__(self) -> int:
         return int(self.inputs.shape[0])
 
+    def head(self, n: int) -> EffectDataset:
+        """The first ``n`` vectors (a campaign's chunks are a shuffled, representative prefix)."""
+        return EffectDataset(
+            self.inputs[:n], self.scales[:n], self.effects[:n], self.baseline, self.record
+        )
+
     def save(self, path: str | Path) -> Path:
         rec = {"kind": "effect_dataset", **self.record}
         return save_artifact(

@@ -154,10 +154,10 @@ def generate(
         for i in range(max_new_tokens):
             nxt = pick(i, logits[:, -1])
             out.append(nxt[:, None])
-            if i + 1 < max_new_tokens or last_stop_at_layer is not None:
-                mask = torch.cat([mask, step_mask], dim=1)
-            if i + 1 < max_new_tokens:
-                logits = forward_cached(model, nxt[:, None], cache, mask)
-            elif last_stop_at_layer is not None:
-                forward_cached(model, nxt[:, None], cache, mask, stop_at_layer=last_stop_at_layer)
+            last = i + 1 == max_new_tokens
+            if last and last_stop_at_layer is None:
+                break
+            mask = torch.cat([mask, step_mask], dim=1)
+            stop = last_stop_at_layer if last else None
+            logits = forward_cached(model, nxt[:, None], cache, mask, stop_at_layer=stop)
     return torch.cat(out, dim=1)

@@ -93,8 +93,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     if args.max_vectors is not None:
         if args.max_vectors < 2:
             raise ConfigError("--max-vectors must be at least 2")
-        n = min(args.max_vectors, len(ds))
-        ds = EffectDataset(ds.inputs[:n], ds.scales[:n], ds.effects[:n], ds.baseline, ds.record)
+        ds = ds.head(min(args.max_vectors, len(ds)))
     model, rep = fit(ds, method=args.method, holdout=args.holdout, seed=args.seed)
     stem = model.save(args.out)
     print(rep)
