@@ -7,7 +7,10 @@ one rollout per prompt, and the held-out directions measured twice, ``test_a`` /
   prefix is a seeded random sample of decoder rows and Gaussian directions), and scores each fit on
   the held-out directions against the average of the two test halves, next to the noise ceiling
   of that average (``sae_ts.effect_model.evaluate_heldout``), per group (held-out decoder rows,
-  Gaussian directions) with 95% bootstrap CIs over test vectors;
+  Gaussian directions) with 95% bootstrap CIs over test vectors. All effects are taken relative
+  to the training run's baseline (each run's own baseline estimate carries a constant sampling
+  error that no model of ``v`` can predict); the R² with each test run's own baseline, the
+  protocol before issue #26's fix, is reported beside it (``own_baselines``);
 * gives the ceiling as a function of the rollouts per prompt (noise variance ∝ 1/rollouts,
   estimated from the two halves);
 * adds the ceiling against scale from protocol-probe JSON files, when given (``--probe``);
@@ -77,6 +80,9 @@ def main() -> None:
         EffectDataset.load_dir(args.data / "test_a"),
         EffectDataset.load_dir(args.data / "test_b"),
     )
+    # one reference for every effect: the training run's baseline (see evaluate_heldout)
+    ta_own, tb_own = ta, tb
+    ta, tb = ta.rebase(train.baseline), tb.rebase(train.baseline)
     kinds = json.loads((args.data / "test_kinds.json").read_text())
     groups = ["dec" if k.startswith("dec") else "gauss" for k in kinds]
     r = int(ta.record["config"]["rollouts"])
@@ -103,7 +109,10 @@ def main() -> None:
         # the fit's own split picks its strength; the real test is the separate held-out set
         em, rep = fit(sub, method, holdout=max(1, n // 10), seed=args.seed)
         ev = evaluate_heldout(em, ta, tb, groups, features)
-        row = {"method": method, "n": n, "alpha": rep.alpha, **{g: v for g, v in ev.items()}}
+        own = evaluate_heldout(em, ta_own, tb_own, groups)  # each test run's own baseline
+        row = {"method": method, "n": n, "alpha": rep.alpha, **{g: v for g, v in ev.items()},
+               "own_baselines": {g: {"r2": v["r2"], "ceiling": v["ceiling"]}
+                                 for g, v in own.items()}}  # fmt: skip
         for g in ("all", "dec", "gauss"):
             idx = [i for i in range(len(ta)) if g == "all" or groups[i] == g]
 
@@ -125,7 +134,8 @@ def main() -> None:
             f"{method:18s} n={n:5d}  R² {a['r2']:+.3f} [{a['r2_ci'][0]:+.3f}, {a['r2_ci'][1]:+.3f}]  ceiling "
             f"{a['ceiling']:.3f}  R²/ceiling {a['r2_over_ceiling']:.2f}  cos(vW, y-b) "
             f"{a['cosine_minus_b']:.3f}  | dec R² {row['dec']['r2']:+.3f} gauss R² "
-            f"{row['gauss']['r2']:+.3f}",
+            f"{row['gauss']['r2']:+.3f}  (own test baselines: R² {own['all']['r2']:+.3f}, "
+            f"gauss {own['gauss']['r2']:+.3f})",
             flush=True,
         )
         if features:
@@ -195,6 +205,10 @@ def plot(out: dict, path: Path) -> None:
                 ax.fill_between(ns, [f[g]["r2_ci"][0] for f in fits],
                                 [f[g]["r2_ci"][1] for f in fits], color=c, alpha=0.15)  # fmt: skip
                 ax.plot(ns, [f[g]["ceiling"] for f in fits], "--", color=c, label=f"ceiling ({g})")
+        if "own_baselines" in fits[0]:
+            ax.plot([f["n"] for f in fits], [f["own_baselines"]["all"]["r2"] for f in fits],
+                    style, color="grey", alpha=0.6, mfc="none",
+                    label="R² (all), own test baselines" + (f", {method}" if len(methods) > 1 else ""))  # fmt: skip
     ax.axvline(576, color="grey", lw=0.8, ls=":")  # d_model
     half = 0.5 * out["fits"][-1]["all"]["ceiling"]
     ax.axhline(half, color="k", lw=0.8, ls=":", label="½ ceiling (all)")
@@ -204,7 +218,8 @@ def plot(out: dict, path: Path) -> None:
     ax.set_xlabel("training vectors (1 rollout each)")
     ax.set_ylabel("held-out R²")
     ax.set_title(f"fit vs budget (scale {out['scale']:.0f})")
-    ax.legend(fontsize=7)
+    ax.set_ylim(top=1.35)  # room for the legend above the curves
+    ax.legend(fontsize=6, ncol=2, loc="upper left")
     ax = fig.add_subplot(1, 3, 2)
     for g, c in (("all", "k"), ("dec", "tab:blue"), ("gauss", "tab:orange")):
         d = out["ceiling_vs_rollouts"][g]

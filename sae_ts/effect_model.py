@@ -435,11 +435,17 @@ def evaluate_heldout(
     test_b: EffectDataset,
     groups: list[str] | None = None,
     features: list[int] | None = None,
+    baseline: torch.Tensor | None = None,
 ) -> dict[str, dict[str, float]]:
     """Held-out fit of ``model`` next to its noise ceiling, overall and per group of vectors.
 
     ``test_a`` and ``test_b`` measure the same held-out directions with independent random
-    streams; the model is scored against their average. Per group (e.g. ``"dec"`` / ``"gauss"``,
+    streams; the model is scored against their average. ``baseline``: the unsteered baseline
+    that the model's training effects are relative to (``train.baseline``). When given, both
+    halves are first re-referenced to it (:meth:`EffectDataset.rebase`), so that the sampling
+    error of a test run's own baseline, a constant offset that no model of ``v`` can predict,
+    is not scored as model error (nor as noise in the ceiling). Without it each half keeps
+    its own baseline (the protocol before issue #26's fix). Per group (e.g. ``"dec"`` / ``"gauss"``,
     one label per vector) and overall, the result holds ``r2``, ``ceiling``, ``r2_over_ceiling``,
     ``split_half_r2``, ``cosine`` (predicted vs measured effect) and ``cosine_minus_b`` (cosine of
     ``v @ W`` with measured − b, the part of the effect that depends on the direction).
@@ -448,6 +454,8 @@ def evaluate_heldout(
     """
     if not torch.allclose(test_a.inputs, test_b.inputs, atol=1e-3):
         raise ValueError("test_a and test_b must measure the same directions, in the same order")
+    if baseline is not None:
+        test_a, test_b = test_a.rebase(baseline), test_b.rebase(baseline)
     n = len(test_a)
     labels = groups or ["all"] * n
     if len(labels) != n:

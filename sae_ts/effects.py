@@ -166,6 +166,26 @@ class EffectDataset:
             self.inputs[:n], self.scales[:n], self.effects[:n], self.baseline, self.record
         )
 
+    def rebase(self, baseline: torch.Tensor) -> EffectDataset:
+        """The same measurements as effects relative to another unsteered ``baseline``.
+
+        An effect is a steered mean minus an unsteered one. Each estimation run measures its
+        own baseline, whose sampling error is a constant offset shared by all its effects.
+        Comparing effects of two runs (a model fitted on one, scored on another) needs one
+        reference: ``effects + self.baseline - baseline``.
+        """
+        if baseline.shape != self.baseline.shape:
+            raise ValueError(
+                f"baseline has shape {tuple(baseline.shape)}, the effects are relative to one "
+                f"of shape {tuple(self.baseline.shape)}"
+            )
+        if not torch.isfinite(baseline).all():
+            raise ValueError("baseline contains NaN or inf")
+        shift = (self.baseline.float() - baseline.float()).to(self.effects.dtype)
+        return EffectDataset(
+            self.inputs, self.scales, self.effects + shift, baseline.clone(), self.record
+        )
+
     def save(self, path: str | Path) -> Path:
         rec = {"kind": "effect_dataset", **self.record}
         return save_artifact(

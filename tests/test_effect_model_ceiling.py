@@ -59,6 +59,32 @@ def test_evaluate_heldout_puts_the_true_model_at_its_ceiling():
         evaluate_heldout(LinearEffectModel(W, b), ta, EffectDataset(-x, z, bb, torch.zeros(50)))
 
 
+def test_test_runs_are_scored_against_the_training_baseline():
+    """Each run's baseline estimate has its own sampling error: a constant offset on all of its
+    effects. Scored on its own baseline, a perfect model loses R² to an error it cannot see;
+    re-referenced to the training baseline, it is back at its ceiling."""
+    W, b, x, _, (a, bb) = _measured(200, 8, 50, noise=0.3, seed=3)
+    g = torch.Generator().manual_seed(4)
+    base_train = torch.rand(50, generator=g) + 1
+    err_a, err_b = 0.6 * torch.randn(50, generator=g), 0.6 * torch.randn(50, generator=g)
+    z = torch.zeros(200)
+    # the same steered means, minus each run's own (mis-)estimate of the unsteered mean
+    ta = EffectDataset(x, z, a - err_a, base_train + err_a)
+    tb = EffectDataset(x, z, bb - err_b, base_train + err_b)
+    em = LinearEffectModel(W, b)
+    own = evaluate_heldout(em, ta, tb)["all"]
+    shared = evaluate_heldout(em, ta, tb, baseline=base_train)["all"]
+    assert shared["r2_over_ceiling"] == pytest.approx(1.0, abs=0.05)
+    assert own["r2"] < shared["r2"] - 0.1
+    # rebase is exact and refuses a baseline of another SAE's width or with NaNs
+    back = ta.rebase(base_train)
+    assert torch.allclose(back.effects, a, atol=1e-5) and torch.equal(back.baseline, base_train)
+    with pytest.raises(ValueError, match="shape"):
+        ta.rebase(torch.zeros(49))
+    with pytest.raises(ValueError, match="NaN"):
+        ta.rebase(torch.full((50,), float("nan")))
+
+
 def test_underdetermined_fit_warns_and_a_full_rank_fit_does_not():
     _, _, x, _, (a, _) = _measured(60, 16, 20, noise=0.1, seed=2)
     ds = EffectDataset(x, torch.zeros(60), a, torch.zeros(20))
