@@ -252,6 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--tasks-dir", default=str(TASKS))
     ap.add_argument("--budget", choices=["smoke", "quick", "full"], default="full")
+    ap.add_argument("--model", default="smollm2-135m", help="an embedded model (its shipped SAE)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--effect-model", default="default")
     ap.add_argument("--out-dir", default="benchmarks/results/compare_full")
@@ -277,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
         doc = run_comparison(
             tasks, methods, args.budget, args.seed, args.effect_model, out, out / "results.json",
             log=lambda msg, r=rule: print(f"[{r}] {msg}", flush=True), targets=rule,
-            validate=not args.no_validation,
+            validate=not args.no_validation, model_name=args.model,
         )  # fmt: skip
         n = redact_task_texts(out / "results.json", tasks)
         # the task checkpoints too: redacted, they still resume (their keys come from the texts)

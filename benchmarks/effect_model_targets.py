@@ -54,7 +54,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tasks", type=Path, default=REPO.parent / "shared/datasets/concepts/saets")
     ap.add_argument("--effect-model", type=Path, default=None, help="default: the shipped one")
-    ap.add_argument("--fraction", type=float, default=0.5)
+    ap.add_argument("--model", default="smollm2-135m", help="an embedded model (its shipped SAE)")
+    ap.add_argument(
+        "--fraction", type=float, default=None,
+        help="scale, x the per-token norm (default: the scale the effect model was measured at)",
+    )  # fmt: skip
     ap.add_argument("--rollouts", type=int, default=8)
     ap.add_argument("--baseline-multiplier", type=int, default=4)
     ap.add_argument("--n-features", type=int, default=3)
@@ -65,13 +69,18 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"command: python benchmarks/effect_model_targets.py {vars(args)}", flush=True)
     t0 = time.perf_counter()
-    model, sae, hook = load_default()
+    model, sae, hook = load_default(model=args.model)
     em = (
-        load_default_effect_model()
+        load_default_effect_model(args.model)
         if args.effect_model is None
         else LinearEffectModel.load(args.effect_model)
     )
-    scale = args.fraction * typical_residual_norm(model, hook)
+    if args.fraction is None and "scale" in em.record:
+        scale = float(em.record["scale"])
+    else:
+        scale = (0.5 if args.fraction is None else args.fraction) * typical_residual_norm(
+            model, hook
+        )
     cfg = EffectConfig(rollouts=args.rollouts, baseline_multiplier=args.baseline_multiplier)
     est = EffectEstimator(model, sae, config=cfg, seed=args.seed)
     baseline = est.baseline()

@@ -105,7 +105,9 @@ class DemoSettings:
 
     rollouts: int = 4  # per prompt, per measured vector
     baseline_multiplier: int = 4  # unsteered rollouts = this x rollouts
-    scale_fraction: float = 0.5  # x the typical per-token residual norm at the hook
+    # x the typical per-token residual norm at the hook; None: the scale the shipped effect
+    # model was measured at (its record's ``scale``: 0.5 x for SmolLM2, 0.3 x for Gemma)
+    scale_fraction: float | None = None
 
 
 def demo_verdict(
@@ -193,7 +195,12 @@ def run_demo(
         "sae_ts": solve(em, target, "sae_ts"),
         "targeted": solve(em, target, "targeted"),
     }
-    scale = round(st.scale_fraction * typical_residual_norm(model, hook), 2)
+    norm = typical_residual_norm(model, hook)
+    fitted_at = em.record.get("scale")
+    if st.scale_fraction is None and fitted_at is not None:
+        scale = round(float(fitted_at), 2)
+    else:
+        scale = round((0.5 if st.scale_fraction is None else st.scale_fraction) * norm, 2)
     cfg = EffectConfig(rollouts=st.rollouts, baseline_multiplier=st.baseline_multiplier)
     est = EffectEstimator(model, sae, config=cfg, seed=seed)
     t1 = time.time()
@@ -212,7 +219,8 @@ def run_demo(
             v, hook, model.cfg.model_name, name, scale, target.to_dict(), sae=str(hook), seed=seed
         ).save(out / f"vector_{name}")
     log(
-        f"[3/4] measured at scale {scale:.1f} ({st.scale_fraction} x the per-token norm; "
+        f"[3/4] measured at scale {scale:.1f} ({scale / norm:.2f} x the per-token norm"
+        f"{', as the effect model was' if st.scale_fraction is None else ''}; "
         f"{st.rollouts} rollouts per prompt) in {time.time() - t1:.0f}s"
     )
     verdict, usable = demo_verdict(rows, em.record, model.cfg.d_model)
