@@ -55,6 +55,41 @@ def ceiling_vs_rollouts(
     return {k: true / (true + noise_m * (2 * r) / k) for k in ks}
 
 
+def design_mix(
+    train: EffectDataset,
+    ta: EffectDataset,
+    tb: EffectDataset,
+    groups: list[str],
+    data: Path,
+    n: int,
+    seed: int,
+) -> list[dict]:
+    """Held-out R² of ridge on ``n`` training vectors with more or fewer Gaussian directions."""
+    kinds = json.loads((data / "train_kinds.json").read_text())[: len(train)]
+    gauss = [i for i, k in enumerate(kinds) if k == "gauss"]
+    dec = [i for i, k in enumerate(kinds) if k != "gauss"]
+    rows = []
+    for n_gauss in sorted({0, n // 8, n // 4, n // 2, min(len(gauss), n)}):
+        if n_gauss > len(gauss) or n - n_gauss > len(dec):
+            continue
+        idx = torch.tensor(gauss[:n_gauss] + dec[: n - n_gauss])
+        idx = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed))]
+        sub = EffectDataset(
+            train.inputs[idx], train.scales[idx], train.effects[idx], train.baseline, train.record
+        )
+        em, _ = fit_ridge(sub, holdout=max(1, n // 10), seed=seed)
+        ev = evaluate_heldout(em, ta, tb, groups)
+        rows.append(
+            {"n": n, "n_gauss": n_gauss, **{g: ev[g]["r2"] for g in ("all", "dec", "gauss")}}
+        )
+        print(
+            f"mix: {n} vectors, {n_gauss:4d} Gaussian  R² all {ev['all']['r2']:+.3f}  "
+            f"dec {ev['dec']['r2']:+.3f}  gauss {ev['gauss']['r2']:+.3f}",
+            flush=True,
+        )
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=REPO / "data" / "effects")
@@ -65,6 +100,11 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--plot", type=Path, default=None)
     ap.add_argument("--save-model", type=Path, default=None)
+    ap.add_argument(
+        "--mix", type=int, default=0,
+        help="also fit on N vectors with 0, N/8, N/4, N/2 and all the Gaussian directions the "
+        "campaign has (the rest decoder rows): the campaign-design lever",
+    )  # fmt: skip
     ap.add_argument("--methods", default="ridge",
                     help=f"comma-separated fit methods to compare, from {','.join(FIT_METHODS)}")  # fmt: skip
     ap.add_argument(
@@ -145,6 +185,8 @@ def main() -> None:
                 f"{row['gauss']['r2_features']:+.3f}",
                 flush=True,
             )
+    if args.mix:
+        out["mix"] = design_mix(train, ta, tb, groups, args.data, args.mix, args.seed)
     out["ceiling_vs_rollouts"] = {
         g: ceiling_vs_rollouts(
             ta.effects[[i for i in range(len(ta)) if g == "all" or groups[i] == g]],
