@@ -31,10 +31,26 @@ from pathlib import Path
 
 import torch
 
-from sae_ts.effect_model import FIT_METHODS, evaluate_heldout, fit, fit_ridge, noise_ceiling
+from sae_ts.effect_model import (
+    FIT_METHODS,
+    effect_metrics,
+    evaluate_heldout,
+    fit,
+    fit_ridge,
+    noise_ceiling,
+)
 from sae_ts.effects import EffectDataset
+from sae_ts.sae import load_default_sae
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _rel(path: Path) -> str:
+    """``path`` relative to the repository where it lies inside it (records travel)."""
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
 
 
 def bootstrap(fn, n: int, reps: int, seed: int) -> tuple[float, float]:
@@ -90,10 +106,51 @@ def design_mix(
     return rows
 
 
+def decoder_likeness(
+    train: EffectDataset,
+    ta: EffectDataset,
+    tb: EffectDataset,
+    groups: list[str],
+    sizes: list[int],
+    model: str,
+    seed: int,
+) -> list[dict]:
+    """Held-out R² of ridge on ``[v, z(v)]``, ``z(v) = max_j |cos(v, d_j)|`` over the SAE's
+    decoder rows: 1 for a decoder row, small for a random direction. Not a shipped fit (the
+    solvers need a linear model); it measures how much of the effects a disruption term holds."""
+    dec = load_default_sae(model=model).W_dec.detach().float()
+    dec = dec / dec.norm(dim=-1, keepdim=True)
+
+    def with_z(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, (x.float() @ dec.T).abs().amax(1, keepdim=True)], 1)
+
+    y = (ta.effects.double() + tb.effects.double()) / 2
+    rows = []
+    for n in sizes:
+        sub = train.head(n)
+        em, _ = fit_ridge(
+            EffectDataset(with_z(sub.inputs), sub.scales, sub.effects, sub.baseline, sub.record),
+            holdout=max(1, n // 10), seed=seed,
+        )  # fmt: skip
+        pred = em.predict(with_z(ta.inputs)).double()
+        row: dict = {"n": n}
+        for g in ("all", "dec", "gauss"):
+            idx = [i for i in range(len(ta)) if g == "all" or groups[i] == g]
+            row[g] = effect_metrics(pred[idx], y[idx])[0]
+        rows.append(row)
+        print(
+            f"ridge + decoder-likeness n={n:5d}  R² all {row['all']:+.3f}  dec {row['dec']:+.3f}  "
+            f"gauss {row['gauss']:+.3f}",
+            flush=True,
+        )
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=REPO / "data" / "effects")
     ap.add_argument("--sizes", default="144,288,576,1152,2304,4608")
+    ap.add_argument("--max-vectors", type=int, default=0, help="use the first N training vectors")
     ap.add_argument("--bootstrap", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--probe", type=Path, nargs="*", default=[])
@@ -104,6 +161,11 @@ def main() -> None:
         "--mix", type=int, default=0,
         help="also fit on N vectors with 0, N/8, N/4, N/2 and all the Gaussian directions the "
         "campaign has (the rest decoder rows): the campaign-design lever",
+    )  # fmt: skip
+    ap.add_argument(
+        "--decoder-likeness", default=None, metavar="MODEL",
+        help="also fit ridge with one more regressor, max_j |cos(v, decoder row j)| of MODEL's "
+        "shipped SAE: how far off the SAE's directions v points (a nonlinear disruption term)",
     )  # fmt: skip
     ap.add_argument("--methods", default="ridge",
                     help=f"comma-separated fit methods to compare, from {','.join(FIT_METHODS)}")  # fmt: skip
@@ -116,6 +178,8 @@ def main() -> None:
     args = ap.parse_args()
     print(f"command: python benchmarks/effect_model_budget.py {vars(args)}")
     train = EffectDataset.load_dir(args.data / "train")
+    if args.max_vectors:  # a campaign still running: fit on its first N vectors only
+        train = train.head(args.max_vectors)
     ta, tb = (
         EffectDataset.load_dir(args.data / "test_a"),
         EffectDataset.load_dir(args.data / "test_b"),
@@ -132,7 +196,8 @@ def main() -> None:
         f"rollouts, scale {scale:.1f}"
     )
     out: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "n_train": len(train),
-                 "scale": scale, "test_rollouts_per_half": r, "fits": []}  # fmt: skip
+                 "scale": scale, "test_rollouts_per_half": r, "fits": [],
+                 "d_model": int(train.inputs.shape[1])}  # fmt: skip
     sizes = [s for s in (int(x) for x in args.sizes.split(",")) if s <= len(train)]
     if len(train) not in sizes:
         sizes.append(len(train))
@@ -185,6 +250,10 @@ def main() -> None:
                 f"{row['gauss']['r2_features']:+.3f}",
                 flush=True,
             )
+    if args.decoder_likeness:
+        out["decoder_likeness"] = decoder_likeness(
+            train, ta, tb, groups, sizes, args.decoder_likeness, args.seed
+        )
     if args.mix:
         out["mix"] = design_mix(train, ta, tb, groups, args.data, args.mix, args.seed)
     out["ceiling_vs_rollouts"] = {
@@ -208,7 +277,7 @@ def main() -> None:
         em, rep = fit_ridge(train, holdout=max(1, len(train) // 10), seed=args.seed)
         ev = evaluate_heldout(em, ta, tb, groups, features)
         em.record["heldout"] = ev
-        em.record["campaign"] = {"n_train": len(train), "scale": scale, "data": "data/effects"}
+        em.record["campaign"] = {"n_train": len(train), "scale": scale, "data": _rel(args.data)}
         # the figures the demo and the docs quote (held-out directions, vs the 4-rollout average)
         em.record.update(
             n_vectors=len(train),
@@ -251,7 +320,12 @@ def plot(out: dict, path: Path) -> None:
             ax.plot([f["n"] for f in fits], [f["own_baselines"]["all"]["r2"] for f in fits],
                     style, color="grey", alpha=0.6, mfc="none",
                     label="R² (all), own test baselines" + (f", {method}" if len(methods) > 1 else ""))  # fmt: skip
-    ax.axvline(576, color="grey", lw=0.8, ls=":")  # d_model
+    if out.get("decoder_likeness"):
+        rows = out["decoder_likeness"]
+        for g, c in (("all", "tab:green"), ("gauss", "tab:olive")):
+            ax.plot([r["n"] for r in rows], [r[g] for r in rows], "d-", color=c, ms=4,
+                    label=f"R² ({g}), ridge + decoder-likeness")  # fmt: skip
+    ax.axvline(out.get("d_model", 576), color="grey", lw=0.8, ls=":")  # d_model
     half = 0.5 * out["fits"][-1]["all"]["ceiling"]
     ax.axhline(half, color="k", lw=0.8, ls=":", label="½ ceiling (all)")
     ax.set_xscale("log")

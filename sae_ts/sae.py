@@ -129,6 +129,10 @@ def load_default_sae(
 
     SmolLM2-135M: a TopK SAE, 4,096 latents. Gemma 3 270M: a JumpReLU SAE in sae-lens's format.
     """
+    if isinstance(device, str) and device in EMBEDDED_SAE_DIRS:
+        raise ConfigError(
+            f"{device!r} was passed as the device; name the model with model={device!r}"
+        )
     path = default_sae_dir(model)
     if not (path / "sae_weights.safetensors").exists():
         raise MissingFileError(

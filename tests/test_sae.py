@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 import sae_ts
 from sae_ts import sae as sae_mod
+from sae_ts.errors import ConfigError
 from sae_ts.sae import (
     DEFAULT_SAE_DIR,
     encode,
@@ -180,6 +181,11 @@ def test_missing_default_sae_is_a_clear_error(monkeypatch, tmp_path: Path) -> No
     monkeypatch.setattr(sae_mod, "DEFAULT_SAE_DIR", tmp_path / "gone")
     with pytest.raises(FileNotFoundError, match="train-sae"):
         sae_mod.load_default_sae()
+
+
+def test_a_model_name_passed_as_the_device_is_a_clear_error() -> None:
+    with pytest.raises(ConfigError, match="model='gemma-3-270m'"):
+        sae_mod.load_default_sae("gemma-3-270m")
 
 
 def test_shipped_sae_is_a_genuine_sae_lens_sae() -> None:
