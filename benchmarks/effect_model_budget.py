@@ -25,20 +25,14 @@ Example::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
 import torch
 
-from sae_ts.effect_model import (
-    FIT_METHODS,
-    effect_metrics,
-    evaluate_heldout,
-    fit,
-    fit_ridge,
-    noise_ceiling,
-)
+from sae_ts.effect_model import FIT_METHODS, evaluate_heldout, fit, fit_ridge, noise_ceiling
 from sae_ts.effects import EffectDataset
 from sae_ts.sae import load_default_sae
 
@@ -121,22 +115,16 @@ def decoder_likeness(
     dec = load_default_sae(model=model).W_dec.detach().float()
     dec = dec / dec.norm(dim=-1, keepdim=True)
 
-    def with_z(x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([x, (x.float() @ dec.T).abs().amax(1, keepdim=True)], 1)
+    def with_z(ds: EffectDataset) -> EffectDataset:
+        z = (ds.inputs.float() @ dec.T).abs().amax(1, keepdim=True)
+        return dataclasses.replace(ds, inputs=torch.cat([ds.inputs, z], 1))
 
-    y = (ta.effects.double() + tb.effects.double()) / 2
+    ta_z, tb_z = with_z(ta), with_z(tb)
     rows = []
     for n in sizes:
-        sub = train.head(n)
-        em, _ = fit_ridge(
-            EffectDataset(with_z(sub.inputs), sub.scales, sub.effects, sub.baseline, sub.record),
-            holdout=max(1, n // 10), seed=seed,
-        )  # fmt: skip
-        pred = em.predict(with_z(ta.inputs)).double()
-        row: dict = {"n": n}
-        for g in ("all", "dec", "gauss"):
-            idx = [i for i in range(len(ta)) if g == "all" or groups[i] == g]
-            row[g] = effect_metrics(pred[idx], y[idx])[0]
+        em, _ = fit_ridge(with_z(train.head(n)), holdout=max(1, n // 10), seed=seed)
+        ev = evaluate_heldout(em, ta_z, tb_z, groups)
+        row: dict = {"n": n, **{g: ev[g]["r2"] for g in ("all", "dec", "gauss")}}
         rows.append(row)
         print(
             f"ridge + decoder-likeness n={n:5d}  R² all {row['all']:+.3f}  dec {row['dec']:+.3f}  "
