@@ -65,6 +65,23 @@ def ceiling_vs_rollouts(
     return {k: true / (true + noise_m * (2 * r) / k) for k in ks}
 
 
+def train_kinds(data: Path, n: int) -> list[str]:
+    """The kind ("dec:<row>" or "gauss") of each loaded training vector, in load order.
+
+    ``EffectDataset.load_dir`` skips chunks not finished yet (two shards of a running campaign
+    leave gaps), so the kinds are taken chunk by chunk for the chunks present.
+    """
+    kinds = json.loads((data / "train_kinds.json").read_text())
+    cs = int(json.loads((data / "train" / "manifest.json").read_text())["chunk_size"])
+    present = sorted(
+        int(p.stem.split("_")[1]) for p in (data / "train").glob("chunk_*.safetensors")
+    )
+    out = [k for c in present for k in kinds[c * cs : (c + 1) * cs]][:n]
+    if len(out) != n:
+        raise SystemExit(f"{data}: {n} training vectors loaded but kinds for {len(out)}")
+    return out
+
+
 def design_mix(
     train: EffectDataset,
     ta: EffectDataset,
@@ -75,7 +92,7 @@ def design_mix(
     seed: int,
 ) -> list[dict]:
     """Held-out R² of ridge on ``n`` training vectors with more or fewer Gaussian directions."""
-    kinds = json.loads((data / "train_kinds.json").read_text())[: len(train)]
+    kinds = train_kinds(data, len(train))
     gauss = [i for i, k in enumerate(kinds) if k == "gauss"]
     dec = [i for i, k in enumerate(kinds) if k != "gauss"]
     rows = []
@@ -84,10 +101,7 @@ def design_mix(
             continue
         idx = torch.tensor(gauss[:n_gauss] + dec[: n - n_gauss])
         idx = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed))]
-        sub = EffectDataset(
-            train.inputs[idx], train.scales[idx], train.effects[idx], train.baseline, train.record
-        )
-        em, _ = fit_ridge(sub, holdout=max(1, n // 10), seed=seed)
+        em, _ = fit_ridge(train.subset(idx), holdout=max(1, n // 10), seed=seed)
         ev = evaluate_heldout(em, ta, tb, groups)
         rows.append(
             {"n": n, "n_gauss": n_gauss, **{g: ev[g]["r2"] for g in ("all", "dec", "gauss")}}
@@ -139,6 +153,11 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=REPO / "data" / "effects")
     ap.add_argument("--sizes", default="144,288,576,1152,2304,4608")
     ap.add_argument("--max-vectors", type=int, default=0, help="use the first N training vectors")
+    ap.add_argument(
+        "--train-kinds", choices=["all", "dec"], default="all",
+        help="dec: fit on the campaign's decoder rows only (its Gaussian directions left out of "
+        "training; the held-out set is unchanged)",
+    )  # fmt: skip
     ap.add_argument("--bootstrap", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--probe", type=Path, nargs="*", default=[])
@@ -168,6 +187,9 @@ def main() -> None:
     train = EffectDataset.load_dir(args.data / "train")
     if args.max_vectors:  # a campaign still running: fit on its first N vectors only
         train = train.head(args.max_vectors)
+    if args.train_kinds == "dec":
+        kinds_t = train_kinds(args.data, len(train))
+        train = train.subset([i for i, k in enumerate(kinds_t) if k.startswith("dec")])
     ta, tb = (
         EffectDataset.load_dir(args.data / "test_a"),
         EffectDataset.load_dir(args.data / "test_b"),

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from sae_ts.effect_model import noise_ceiling
+from sae_ts.effect_model import linear_share, noise_ceiling
 from sae_ts.effects import (
     EffectConfig,
     EffectEstimator,
@@ -69,6 +69,9 @@ def main() -> None:
     ap.add_argument("--calibration", action="store_true", help="also print calibrated scales")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--model", default="smollm2-135m", help="an embedded model (its shipped SAE)")
+    ap.add_argument("--signs", action="store_true",
+                    help="also measure every -v and print the linear share (odd part of the "
+                         "effect, noise removed): the most R² a model linear in v can reach")  # fmt: skip
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -103,8 +106,9 @@ def main() -> None:
             )
         )
     n, S = dirs.shape[0], len(fractions)
-    vecs = dirs.repeat(S, 1)
-    scales = torch.tensor([f * norm for f in fractions]).repeat_interleave(n)
+    signs = [1.0, -1.0] if args.signs else [1.0]
+    vecs = torch.cat([s * dirs for s in signs]).repeat(S, 1)
+    scales = torch.tensor([f * norm for f in fractions]).repeat_interleave(n * len(signs))
     for proto in args.protocols.split(","):
         sampler, coupling = proto.split(":")
         cfg = EffectConfig(
@@ -127,10 +131,20 @@ def main() -> None:
             * args.rollouts
         )
         for si, f in enumerate(fractions):
-            sl = slice(si * n, (si + 1) * n)
+            k = n * len(signs)
+            sl = slice(si * k, si * k + n)
             for g in ("all", "dec", "gauss"):
                 idx = [i for i in range(n) if g == "all" or group[i] == g]
                 st = split_half(halves[0][sl][idx], halves[1][sl][idx])
+                if args.signs:
+                    neg = slice(si * k + n, (si + 1) * k)
+                    ls = linear_share(
+                        (halves[0][sl][idx], halves[1][sl][idx]),
+                        (halves[0][neg][idx], halves[1][neg][idx]),
+                    )
+                    st["linear_share"] = ls["linear_share"]
+                    # what v @ W + b can reach at best: the ceiling's share that is odd in v
+                    st["linear_ceiling"] = ls["linear_share"] * st["ceiling_of_mean"]
                 row = {"protocol": proto, "fraction": f, "scale": f * norm, "group": g, **st,
                        "tokens": rows_gen * cfg.seq_len, "seconds": secs}  # fmt: skip
                 out["rows"].append(row)
@@ -138,7 +152,8 @@ def main() -> None:
                     f"{proto:13s} x{f:.2f} (scale {f * norm:6.1f}) {g:5s} "
                     f"split-half R² {st['split_half_r2']:+.3f}  ceiling(mean) "
                     f"{st['ceiling_of_mean']:+.3f}  centred cos {st['centred_cosine']:.3f}  "
-                    f"|effect| {st['effect_rms']:.3f}",
+                    f"|effect| {st['effect_rms']:.3f}"
+                    + (f"  linear share {st['linear_share']:.3f}" if args.signs else ""),
                     flush=True,
                 )
         print(f"{proto}: {rows_gen * cfg.seq_len} tokens in {secs:.0f} s", flush=True)

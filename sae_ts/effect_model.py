@@ -39,6 +39,7 @@ __all__ = [
     "fit_adam",
     "fit_ridge",
     "fit_ridge_per_feature",
+    "linear_share",
     "load_default_effect_model",
     "load_effect_model",
     "noise_ceiling",
@@ -378,6 +379,32 @@ def noise_ceiling(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
         "ceiling": 1 - (sse / 4) / sst_m if sst_m > 0 else float("nan"),
         "centred_cosine": float(cos.mean()),
     }
+
+
+def linear_share(
+    plus: tuple[torch.Tensor, torch.Tensor], minus: tuple[torch.Tensor, torch.Tensor]
+) -> dict[str, float]:
+    """How much of the effects of ``±v`` any model linear in ``v`` can explain, noise removed.
+
+    ``plus`` holds two independent measurements (halves) of the effects of directions ``v_i``
+    (``[n, d_sae]`` each, baseline subtracted), ``minus`` the same for ``-v_i``. The effect splits
+    into an odd part ``(e(v) - e(-v)) / 2``, which a linear model can fit, and an even part
+    ``(e(v) + e(-v)) / 2`` (generic disruption: a random direction and its negation break the text
+    in the same way), which it cannot, apart from its mean over vectors (the intercept absorbs
+    that). Each part's energy is estimated from the cross-product of the two halves, which is
+    unbiased under independent noise. Returns ``odd`` and ``even`` (those energies, summed over
+    vectors and latents) and ``linear_share = odd / (odd + even)``: an upper bound on the R²,
+    relative to the noise ceiling, of ``v @ W + b`` on these directions at this scale.
+    """
+    shapes = {tuple(t.shape) for t in (*plus, *minus)}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        raise ConfigError(f"four [n, d_sae] measurements of one shape needed, got {shapes}")
+    odd = [(p.double() - m.double()) / 2 for p, m in zip(plus, minus, strict=True)]
+    even = [(p.double() + m.double()) / 2 for p, m in zip(plus, minus, strict=True)]
+    even = [e - e.mean(0) for e in even]
+    o = float((odd[0] * odd[1]).sum())
+    e = float((even[0] * even[1]).sum())
+    return {"odd": o, "even": e, "linear_share": o / (o + e) if o + e > 0 else float("nan")}
 
 
 @dataclass(frozen=True)

@@ -166,6 +166,15 @@ class EffectDataset:
             self.inputs[:n], self.scales[:n], self.effects[:n], self.baseline, self.record
         )
 
+    def subset(self, index: Sequence[int] | torch.Tensor) -> EffectDataset:
+        """The vectors at ``index`` (e.g. only the decoder rows of a campaign), same baseline."""
+        idx = torch.as_tensor(index, dtype=torch.long)
+        if idx.ndim != 1 or (idx.numel() and (idx.min() < 0 or idx.max() >= len(self))):
+            raise IndexError(f"subset needs indices in [0, {len(self)}), got {idx.tolist()[:8]}")
+        return EffectDataset(
+            self.inputs[idx], self.scales[idx], self.effects[idx], self.baseline, self.record
+        )
+
     def rebase(self, baseline: torch.Tensor) -> EffectDataset:
         """The same measurements as effects relative to another unsteered ``baseline``.
 

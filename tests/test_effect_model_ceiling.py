@@ -10,9 +10,11 @@ from sae_ts.effect_model import (
     UnderdeterminedFitWarning,
     evaluate_heldout,
     fit_ridge,
+    linear_share,
     noise_ceiling,
 )
 from sae_ts.effects import EffectDataset
+from sae_ts.errors import ConfigError
 
 
 def _measured(n: int, d: int, k: int, noise: float, seed: int):
@@ -83,6 +85,14 @@ def test_test_runs_are_scored_against_the_training_baseline():
         ta.rebase(torch.zeros(49))
     with pytest.raises(ValueError, match="NaN"):
         ta.rebase(torch.full((50,), float("nan")))
+    # subset keeps the rows asked for, in that order, with the same baseline
+    sub = ta.subset([5, 2])
+    assert torch.equal(sub.effects, ta.effects[[5, 2]]) and torch.equal(
+        sub.inputs, ta.inputs[[5, 2]]
+    )
+    assert torch.equal(sub.baseline, ta.baseline) and len(sub) == 2
+    with pytest.raises(IndexError, match="subset"):
+        ta.subset([len(ta)])
 
 
 def test_underdetermined_fit_warns_and_a_full_rank_fit_does_not():
@@ -122,3 +132,31 @@ def test_rollout_reliability_recovers_the_known_signal_and_noise():
         rel.rollouts_for(1.0)
     with pytest.raises(ValueError, match="halves"):
         RolloutReliability.from_halves(a, b[:3], rollouts=r)
+
+
+def test_linear_share_recovers_the_odd_part_through_noise():
+    """Effects = linear part + a disruption term even in v; the share is known by construction."""
+    g = torch.Generator().manual_seed(5)
+    n, d, k = 300, 8, 120
+    W = torch.randn(d, k, generator=g)
+    u = torch.randn(d, generator=g)
+    m = torch.randn(k, generator=g)
+    x = torch.randn(n, d, generator=g)
+
+    def true(v):
+        return v @ W + 0.5 * ((v @ u) ** 2)[:, None] * m
+
+    odd = x @ W
+    even = 0.5 * ((x @ u) ** 2)[:, None] * m
+    even = even - even.mean(0)
+    want = float((odd**2).sum() / ((odd**2).sum() + (even**2).sum()))
+    assert 0.2 < want < 0.8  # both parts matter in this construction
+
+    def halves(v):
+        return tuple(true(v) + 3.0 * torch.randn(n, k, generator=g) for _ in range(2))
+
+    got = linear_share(halves(x), halves(-x))
+    assert got["linear_share"] == pytest.approx(want, abs=0.03)  # noise is removed, not counted
+    assert linear_share((odd, odd), (-odd, -odd))["linear_share"] == pytest.approx(1.0)
+    with pytest.raises(ConfigError, match="four"):
+        linear_share((odd, odd), (odd, odd[:5]))
