@@ -28,13 +28,18 @@ import argparse
 import dataclasses
 import json
 import sys
+import time
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
+from sae_ts._util import to_tokens
 from sae_ts.effect_model import FIT_METHODS, evaluate_heldout, fit, fit_ridge, noise_ceiling
-from sae_ts.effects import EffectDataset
+from sae_ts.effects import EffectConfig, EffectDataset
+from sae_ts.loading import load_default
 from sae_ts.sae import load_default_sae
+from sae_ts.steering import steer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -148,6 +153,93 @@ def decoder_likeness(
     return rows
 
 
+def next_token_kl(
+    model, hook: str, vectors: torch.Tensor, scale: float, bs: int = 32
+) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """Per vector: the mean over the effect prompts of KL(steered || unsteered) of the next token.
+
+    One forward pass per vector and prompt, no sampling: a cheap per-vector disruption measure
+    (how hard steering along ``v`` at ``scale`` shakes the model's next-token distribution). The
+    empty prompts are left out: the steering hook never steers the document-start sink.
+    """
+    prompts = [p for p in EffectConfig().prompts if p]
+    n_layers = model.cfg.n_layers
+
+    def last_logprobs(toks: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():  # unembed the last position only (a 262k vocabulary on Gemma)
+            r = model(toks, stop_at_layer=n_layers)[:, -1:]
+            return model.unembed(model.ln_final(r))[:, 0].float().log_softmax(-1)
+
+    base = {p: last_logprobs(to_tokens(model, [p])) for p in prompts}
+    out = []
+    for i in tqdm(range(0, len(vectors), bs), desc="next-token KL", leave=False):
+        v = vectors[i : i + bs].float()
+        kl = torch.zeros(len(v))
+        for p in prompts:
+            with steer(model, v, hook, scale=torch.full((len(v),), scale)):
+                lp = last_logprobs(to_tokens(model, [p] * len(v)))
+            kl += (lp.exp() * (lp - base[p])).sum(-1)
+        out.append(kl / len(prompts))
+    return torch.cat(out)
+
+
+def disruption_kl(
+    train: EffectDataset,
+    ta: EffectDataset,
+    tb: EffectDataset,
+    groups: list[str],
+    sizes: list[int],
+    model_name: str,
+    seed: int,
+) -> dict:
+    """Held-out R² of ridge on ``[v, z, z²]``, ``z`` = :func:`next_token_kl` at the campaign's scale
+    (standardised on the training vectors). Not a shipped fit: it measures how much of the effects
+    one cheap, measured disruption scalar explains next to the linear term."""
+    model, _, hook = load_default(model=model_name)
+    scale = float(train.scales[0])
+    t0 = time.perf_counter()
+    z_tr, z_te = (
+        next_token_kl(model, hook, train.inputs, scale),
+        next_token_kl(model, hook, ta.inputs, scale),
+    )
+    secs = time.perf_counter() - t0
+    mu, sd = float(z_tr.mean()), float(z_tr.std())
+
+    def with_z(ds: EffectDataset, z: torch.Tensor) -> EffectDataset:
+        zs = (z - mu) / sd
+        return dataclasses.replace(
+            ds, inputs=torch.cat([ds.inputs, zs[:, None], zs[:, None] ** 2], 1)
+        )
+
+    y = (ta.effects + tb.effects) / 2
+    norm = (y - y.mean(0)).norm(dim=-1)
+    dec = torch.tensor([g == "dec" for g in groups])
+    res: dict = {
+        "seconds": secs,
+        "kl_median": {"dec": float(z_te[dec].median()), "gauss": float(z_te[~dec].median())},
+        "corr_kl_effect_norm": float(torch.corrcoef(torch.stack([z_te, norm]))[0, 1]),
+        "rows": [],
+    }
+    print(
+        f"next-token KL for {len(z_tr) + len(z_te)} vectors in {secs:.0f} s; held-out median "
+        f"{res['kl_median']['dec']:.2f} (decoder rows) / {res['kl_median']['gauss']:.2f} (Gaussian) nats; "
+        f"corr(KL, |effect|) {res['corr_kl_effect_norm']:.2f}",
+        flush=True,
+    )
+    ta_z, tb_z = with_z(ta, z_te), with_z(tb, z_te)
+    for n in sizes:
+        em, _ = fit_ridge(with_z(train.head(n), z_tr[:n]), holdout=max(1, n // 10), seed=seed)
+        ev = evaluate_heldout(em, ta_z, tb_z, groups)
+        row = {"n": n, **{g: ev[g]["r2"] for g in ("all", "dec", "gauss")}}
+        res["rows"].append(row)
+        print(
+            f"ridge + next-token KL n={n:5d}  R² all {row['all']:+.3f}  dec {row['dec']:+.3f}  "
+            f"gauss {row['gauss']:+.3f}",
+            flush=True,
+        )
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=REPO / "data" / "effects")
@@ -173,6 +265,11 @@ def main() -> None:
         "--decoder-likeness", default=None, metavar="MODEL",
         help="also fit ridge with one more regressor, max_j |cos(v, decoder row j)| of MODEL's "
         "shipped SAE: how far off the SAE's directions v points (a nonlinear disruption term)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--disruption-kl", default=None, metavar="MODEL",
+        help="also fit ridge on [v, z, z²], z = the steered next-token KL of v on the effect "
+        "prompts under MODEL (one forward pass per vector): a measured disruption term",
     )  # fmt: skip
     ap.add_argument("--methods", default="ridge",
                     help=f"comma-separated fit methods to compare, from {','.join(FIT_METHODS)}")  # fmt: skip
@@ -260,6 +357,10 @@ def main() -> None:
                 f"{row['gauss']['r2_features']:+.3f}",
                 flush=True,
             )
+    if args.disruption_kl:
+        out["disruption_kl"] = disruption_kl(
+            train, ta, tb, groups, sizes, args.disruption_kl, args.seed
+        )
     if args.decoder_likeness:
         out["decoder_likeness"] = decoder_likeness(
             train, ta, tb, groups, sizes, args.decoder_likeness, args.seed
@@ -335,6 +436,11 @@ def plot(out: dict, path: Path) -> None:
         for g, c in (("all", "tab:green"), ("gauss", "tab:olive")):
             ax.plot([r["n"] for r in rows], [r[g] for r in rows], "d-", color=c, ms=4,
                     label=f"R² ({g}), ridge + decoder-likeness")  # fmt: skip
+    if out.get("disruption_kl"):
+        rows = out["disruption_kl"]["rows"]
+        for g, c in (("all", "tab:red"), ("dec", "tab:purple"), ("gauss", "tab:brown")):
+            ax.plot([r["n"] for r in rows], [r[g] for r in rows], "v-", color=c, ms=4,
+                    label=f"R² ({g}), ridge + next-token KL")  # fmt: skip
     ax.axvline(out.get("d_model", 576), color="grey", lw=0.8, ls=":")  # d_model
     half = 0.5 * out["fits"][-1]["all"]["ceiling"]
     ax.axhline(half, color="k", lw=0.8, ls=":", label="½ ceiling (all)")
