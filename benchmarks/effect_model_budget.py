@@ -40,6 +40,7 @@ from sae_ts.effects import EffectConfig, EffectDataset
 from sae_ts.loading import load_default
 from sae_ts.sae import load_default_sae
 from sae_ts.steering import steer
+from sae_ts.types import LanguageModel
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -119,6 +120,38 @@ def design_mix(
     return rows
 
 
+def ridge_with(
+    train: EffectDataset,
+    ta: EffectDataset,
+    tb: EffectDataset,
+    groups: list[str],
+    sizes: list[int],
+    z_train: torch.Tensor,
+    z_test: torch.Tensor,
+    label: str,
+    seed: int,
+) -> list[dict]:
+    """Held-out R² of ridge on ``[v, z]`` for each size: ``z`` (``[n, k]``) are extra regressors
+    of each training vector and of each held-out direction (the same for both test halves)."""
+
+    def aug(ds: EffectDataset, z: torch.Tensor) -> EffectDataset:
+        return dataclasses.replace(ds, inputs=torch.cat([ds.inputs, z], 1))
+
+    ta_z, tb_z = aug(ta, z_test), aug(tb, z_test)
+    rows = []
+    for n in sizes:
+        em, _ = fit_ridge(aug(train.head(n), z_train[:n]), holdout=max(1, n // 10), seed=seed)
+        ev = evaluate_heldout(em, ta_z, tb_z, groups)
+        row: dict = {"n": n, **{g: ev[g]["r2"] for g in ("all", "dec", "gauss")}}
+        rows.append(row)
+        print(
+            f"ridge + {label} n={n:5d}  R² all {row['all']:+.3f}  dec {row['dec']:+.3f}  "
+            f"gauss {row['gauss']:+.3f}",
+            flush=True,
+        )
+    return rows
+
+
 def decoder_likeness(
     train: EffectDataset,
     ta: EffectDataset,
@@ -134,28 +167,15 @@ def decoder_likeness(
     dec = load_default_sae(model=model).W_dec.detach().float()
     dec = dec / dec.norm(dim=-1, keepdim=True)
 
-    def with_z(ds: EffectDataset) -> EffectDataset:
-        z = (ds.inputs.float() @ dec.T).abs().amax(1, keepdim=True)
-        return dataclasses.replace(ds, inputs=torch.cat([ds.inputs, z], 1))
+    def z(ds: EffectDataset) -> torch.Tensor:
+        return (ds.inputs.float() @ dec.T).abs().amax(1, keepdim=True)
 
-    ta_z, tb_z = with_z(ta), with_z(tb)
-    rows = []
-    for n in sizes:
-        em, _ = fit_ridge(with_z(train.head(n)), holdout=max(1, n // 10), seed=seed)
-        ev = evaluate_heldout(em, ta_z, tb_z, groups)
-        row: dict = {"n": n, **{g: ev[g]["r2"] for g in ("all", "dec", "gauss")}}
-        rows.append(row)
-        print(
-            f"ridge + decoder-likeness n={n:5d}  R² all {row['all']:+.3f}  dec {row['dec']:+.3f}  "
-            f"gauss {row['gauss']:+.3f}",
-            flush=True,
-        )
-    return rows
+    return ridge_with(train, ta, tb, groups, sizes, z(train), z(ta), "decoder-likeness", seed)
 
 
 def next_token_kl(
-    model, hook: str, vectors: torch.Tensor, scale: float, bs: int = 32
-) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    model: LanguageModel, hook: str, vectors: torch.Tensor, scale: float, bs: int = 32
+) -> torch.Tensor:
     """Per vector: the mean over the effect prompts of KL(steered || unsteered) of the next token.
 
     One forward pass per vector and prompt, no sampling: a cheap per-vector disruption measure
@@ -170,14 +190,15 @@ def next_token_kl(
             r = model(toks, stop_at_layer=n_layers)[:, -1:]
             return model.unembed(model.ln_final(r))[:, 0].float().log_softmax(-1)
 
-    base = {p: last_logprobs(to_tokens(model, [p])) for p in prompts}
+    toks = {p: to_tokens(model, [p]) for p in prompts}  # tokenised once, one row per prompt
+    base = {p: last_logprobs(t) for p, t in toks.items()}
     out = []
     for i in tqdm(range(0, len(vectors), bs), desc="next-token KL", leave=False):
         v = vectors[i : i + bs].float()
         kl = torch.zeros(len(v))
         for p in prompts:
             with steer(model, v, hook, scale=torch.full((len(v),), scale)):
-                lp = last_logprobs(to_tokens(model, [p] * len(v)))
+                lp = last_logprobs(toks[p].expand(len(v), -1))
             kl += (lp.exp() * (lp - base[p])).sum(-1)
         out.append(kl / len(prompts))
     return torch.cat(out)
@@ -205,11 +226,9 @@ def disruption_kl(
     secs = time.perf_counter() - t0
     mu, sd = float(z_tr.mean()), float(z_tr.std())
 
-    def with_z(ds: EffectDataset, z: torch.Tensor) -> EffectDataset:
-        zs = (z - mu) / sd
-        return dataclasses.replace(
-            ds, inputs=torch.cat([ds.inputs, zs[:, None], zs[:, None] ** 2], 1)
-        )
+    def feats(z: torch.Tensor) -> torch.Tensor:
+        zs = ((z - mu) / sd)[:, None]
+        return torch.cat([zs, zs**2], 1)
 
     y = (ta.effects + tb.effects) / 2
     norm = (y - y.mean(0)).norm(dim=-1)
@@ -218,7 +237,6 @@ def disruption_kl(
         "seconds": secs,
         "kl_median": {"dec": float(z_te[dec].median()), "gauss": float(z_te[~dec].median())},
         "corr_kl_effect_norm": float(torch.corrcoef(torch.stack([z_te, norm]))[0, 1]),
-        "rows": [],
     }
     print(
         f"next-token KL for {len(z_tr) + len(z_te)} vectors in {secs:.0f} s; held-out median "
@@ -226,17 +244,9 @@ def disruption_kl(
         f"corr(KL, |effect|) {res['corr_kl_effect_norm']:.2f}",
         flush=True,
     )
-    ta_z, tb_z = with_z(ta, z_te), with_z(tb, z_te)
-    for n in sizes:
-        em, _ = fit_ridge(with_z(train.head(n), z_tr[:n]), holdout=max(1, n // 10), seed=seed)
-        ev = evaluate_heldout(em, ta_z, tb_z, groups)
-        row = {"n": n, **{g: ev[g]["r2"] for g in ("all", "dec", "gauss")}}
-        res["rows"].append(row)
-        print(
-            f"ridge + next-token KL n={n:5d}  R² all {row['all']:+.3f}  dec {row['dec']:+.3f}  "
-            f"gauss {row['gauss']:+.3f}",
-            flush=True,
-        )
+    res["rows"] = ridge_with(
+        train, ta, tb, groups, sizes, feats(z_tr), feats(z_te), "next-token KL", seed
+    )
     return res
 
 
