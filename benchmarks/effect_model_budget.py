@@ -32,15 +32,19 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
-from sae_ts._util import to_tokens
-from sae_ts.effect_model import FIT_METHODS, evaluate_heldout, fit, fit_ridge, noise_ceiling
+from sae_ts.disruption import next_token_kl
+from sae_ts.effect_model import (
+    FIT_METHODS,
+    DisruptionEffectModel,
+    evaluate_heldout,
+    fit,
+    fit_ridge,
+    noise_ceiling,
+)
 from sae_ts.effects import EffectConfig, EffectDataset
 from sae_ts.loading import load_default
 from sae_ts.sae import load_default_sae
-from sae_ts.steering import steer
-from sae_ts.types import LanguageModel
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -173,63 +177,26 @@ def decoder_likeness(
     return ridge_with(train, ta, tb, groups, sizes, z(train), z(ta), "decoder-likeness", seed)
 
 
-def next_token_kl(
-    model: LanguageModel, hook: str, vectors: torch.Tensor, scale: float, bs: int = 32
-) -> torch.Tensor:
-    """Per vector: the mean over the effect prompts of KL(steered || unsteered) of the next token.
-
-    One forward pass per vector and prompt, no sampling: a cheap per-vector disruption measure
-    (how hard steering along ``v`` at ``scale`` shakes the model's next-token distribution). The
-    empty prompts are left out: the steering hook never steers the document-start sink.
-    """
-    prompts = [p for p in EffectConfig().prompts if p]
-    n_layers = model.cfg.n_layers
-
-    def last_logprobs(toks: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():  # unembed the last position only (a 262k vocabulary on Gemma)
-            r = model(toks, stop_at_layer=n_layers)[:, -1:]
-            return model.unembed(model.ln_final(r))[:, 0].float().log_softmax(-1)
-
-    toks = {p: to_tokens(model, [p]) for p in prompts}  # tokenised once, one row per prompt
-    base = {p: last_logprobs(t) for p, t in toks.items()}
-    out = []
-    for i in tqdm(range(0, len(vectors), bs), desc="next-token KL", leave=False):
-        v = vectors[i : i + bs].float()
-        kl = torch.zeros(len(v))
-        for p in prompts:
-            with steer(model, v, hook, scale=torch.full((len(v),), scale)):
-                lp = last_logprobs(toks[p].expand(len(v), -1))
-            kl += (lp.exp() * (lp - base[p])).sum(-1)
-        out.append(kl / len(prompts))
-    return torch.cat(out)
+def campaign_z(
+    train: EffectDataset, ta: EffectDataset, model_name: str
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """:func:`sae_ts.disruption.next_token_kl` of the training vectors and of the held-out
+    directions, at the campaign's hook, scale and prompts; and the seconds it took."""
+    model, _, _ = load_default(model=model_name)
+    hook, scale = train.record["steer_hook"], float(train.scales[0])
+    prompts = train.record.get("config", {}).get("prompts") or EffectConfig().prompts
+    t0 = time.perf_counter()
+    z_tr = next_token_kl(model, hook, train.inputs, scale, prompts)
+    z_te = next_token_kl(model, hook, ta.inputs, scale, prompts)
+    return z_tr, z_te, time.perf_counter() - t0
 
 
 def disruption_kl(
-    train: EffectDataset,
-    ta: EffectDataset,
-    tb: EffectDataset,
-    groups: list[str],
-    sizes: list[int],
-    model_name: str,
-    seed: int,
-) -> dict:
-    """Held-out R² of ridge on ``[v, z, z²]``, ``z`` = :func:`next_token_kl` at the campaign's scale
-    (standardised on the training vectors). Not a shipped fit: it measures how much of the effects
-    one cheap, measured disruption scalar explains next to the linear term."""
-    model, _, hook = load_default(model=model_name)
-    scale = float(train.scales[0])
-    t0 = time.perf_counter()
-    z_tr, z_te = (
-        next_token_kl(model, hook, train.inputs, scale),
-        next_token_kl(model, hook, ta.inputs, scale),
-    )
-    secs = time.perf_counter() - t0
-    mu, sd = float(z_tr.mean()), float(z_tr.std())
-
-    def feats(z: torch.Tensor) -> torch.Tensor:
-        zs = ((z - mu) / sd)[:, None]
-        return torch.cat([zs, zs**2], 1)
-
+    ta: EffectDataset, tb: EffectDataset, groups: list[str], z_tr: torch.Tensor,
+    z_te: torch.Tensor, secs: float,
+) -> dict:  # fmt: skip
+    """How the measured disruption ``z`` relates to the held-out effects (the fits themselves are
+    the ``ridge_disruption`` rows of ``--methods``)."""
     y = (ta.effects + tb.effects) / 2
     norm = (y - y.mean(0)).norm(dim=-1)
     dec = torch.tensor([g == "dec" for g in groups])
@@ -243,9 +210,6 @@ def disruption_kl(
         f"{res['kl_median']['dec']:.2f} (decoder rows) / {res['kl_median']['gauss']:.2f} (Gaussian) nats; "
         f"corr(KL, |effect|) {res['corr_kl_effect_norm']:.2f}",
         flush=True,
-    )
-    res["rows"] = ridge_with(
-        train, ta, tb, groups, sizes, feats(z_tr), feats(z_te), "next-token KL", seed
     )
     return res
 
@@ -266,6 +230,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--plot", type=Path, default=None)
     ap.add_argument("--save-model", type=Path, default=None)
+    ap.add_argument("--save-method", choices=list(FIT_METHODS), default="ridge",
+                    help="the fit method of the --save-model model (on all training vectors)")  # fmt: skip
     ap.add_argument(
         "--mix", type=int, default=0,
         help="also fit on N vectors with 0, N/8, N/4, N/2 and all the Gaussian directions the "
@@ -278,8 +244,8 @@ def main() -> None:
     )  # fmt: skip
     ap.add_argument(
         "--disruption-kl", default=None, metavar="MODEL",
-        help="also fit ridge on [v, z, z²], z = the steered next-token KL of v on the effect "
-        "prompts under MODEL (one forward pass per vector): a measured disruption term",
+        help="the model that measures z for the ridge_disruption method (default: the campaign's "
+        "embedded model); also adds ridge_disruption to --methods",
     )  # fmt: skip
     ap.add_argument("--methods", default="ridge",
                     help=f"comma-separated fit methods to compare, from {','.join(FIT_METHODS)}")  # fmt: skip
@@ -326,21 +292,30 @@ def main() -> None:
         out["target_features"] = features
         print(f"target latents ({len(features)}, from {args.target_features}): {features}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.disruption_kl and "ridge_disruption" not in methods:
+        methods.append("ridge_disruption")
+    z_tr = z_te = None
+    if "ridge_disruption" in methods or args.save_method == "ridge_disruption":
+        z_tr, z_te, secs = campaign_z(train, ta, args.disruption_kl or train.record["model"])
+        out["disruption_kl"] = disruption_kl(ta, tb, groups, z_tr, z_te, secs)
     for method, n in ((m, n) for m in methods for n in sizes):
         sub = train.head(n)
+        zkw = {"disruption": z_tr[:n]} if method == "ridge_disruption" else {}
+        ekw = {"disruption": z_te} if method == "ridge_disruption" else {}
         # the fit's own split picks its strength; the real test is the separate held-out set
-        em, rep = fit(sub, method, holdout=max(1, n // 10), seed=args.seed)
-        ev = evaluate_heldout(em, ta, tb, groups, features)
-        own = evaluate_heldout(em, ta_own, tb_own, groups)  # each test run's own baseline
+        em, rep = fit(sub, method, holdout=max(1, n // 10), seed=args.seed, **zkw)
+        ev = evaluate_heldout(em, ta, tb, groups, features, **ekw)
+        own = evaluate_heldout(em, ta_own, tb_own, groups, **ekw)  # each test run's own baseline
         row = {"method": method, "n": n, "alpha": rep.alpha, **{g: v for g, v in ev.items()},
                "own_baselines": {g: {"r2": v["r2"], "ceiling": v["ceiling"]}
                                  for g, v in own.items()}}  # fmt: skip
         for g in ("all", "dec", "gauss"):
             idx = [i for i in range(len(ta)) if g == "all" or groups[i] == g]
 
-            def r2_of(sample: list[int], idx: list[int] = idx, em=em) -> float:
+            def r2_of(sample: list[int], idx: list[int] = idx, em=em, ekw=ekw) -> float:
                 j = [idx[i] for i in sample]
-                pred = em.predict(ta.inputs[j].float()).double()
+                x = ta.inputs[j].float()
+                pred = (em.predict(x, ekw["disruption"][j]) if ekw else em.predict(x)).double()
                 t = y[j].double()
                 return 1 - float(((pred - t) ** 2).sum()) / float(((t - t.mean(0)) ** 2).sum())
 
@@ -367,10 +342,6 @@ def main() -> None:
                 f"{row['gauss']['r2_features']:+.3f}",
                 flush=True,
             )
-    if args.disruption_kl:
-        out["disruption_kl"] = disruption_kl(
-            train, ta, tb, groups, sizes, args.disruption_kl, args.seed
-        )
     if args.decoder_likeness:
         out["decoder_likeness"] = decoder_likeness(
             train, ta, tb, groups, sizes, args.decoder_likeness, args.seed
@@ -395,8 +366,10 @@ def main() -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=1))
     if args.save_model:
-        em, rep = fit_ridge(train, holdout=max(1, len(train) // 10), seed=args.seed)
-        ev = evaluate_heldout(em, ta, tb, groups, features)
+        zkw = {"disruption": z_tr} if args.save_method == "ridge_disruption" else {}
+        ekw = {"disruption": z_te} if zkw else {}
+        em, rep = fit(train, args.save_method, max(1, len(train) // 10), args.seed, **zkw)
+        ev = evaluate_heldout(em, ta, tb, groups, features, **ekw)
         em.record["heldout"] = ev
         em.record["campaign"] = {"n_train": len(train), "scale": scale, "data": _rel(args.data)}
         # the figures the demo and the docs quote (held-out directions, vs the 4-rollout average)
@@ -413,6 +386,8 @@ def main() -> None:
             command="python benchmarks/effect_model_budget.py " + " ".join(sys.argv[1:]),
         )
         em.W, em.b = em.W.half(), em.b.half()
+        if isinstance(em, DisruptionEffectModel):
+            em.M = em.M.half()
         em.save(args.save_model)
         print(f"saved {args.save_model} ({rep})")
     if args.plot:
@@ -446,11 +421,6 @@ def plot(out: dict, path: Path) -> None:
         for g, c in (("all", "tab:green"), ("gauss", "tab:olive")):
             ax.plot([r["n"] for r in rows], [r[g] for r in rows], "d-", color=c, ms=4,
                     label=f"R² ({g}), ridge + decoder-likeness")  # fmt: skip
-    if out.get("disruption_kl"):
-        rows = out["disruption_kl"]["rows"]
-        for g, c in (("all", "tab:red"), ("dec", "tab:purple"), ("gauss", "tab:brown")):
-            ax.plot([r["n"] for r in rows], [r[g] for r in rows], "v-", color=c, ms=4,
-                    label=f"R² ({g}), ridge + next-token KL")  # fmt: skip
     ax.axvline(out.get("d_model", 576), color="grey", lw=0.8, ls=":")  # d_model
     half = 0.5 * out["fits"][-1]["all"]["ceiling"]
     ax.axhline(half, color="k", lw=0.8, ls=":", label="½ ceiling (all)")

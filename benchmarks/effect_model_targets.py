@@ -7,7 +7,8 @@ For each task directory under ``--tasks`` (the SAE-TS paper's concept tasks, rea
    L2-normalised weights (:func:`sae_ts.targets.select_targets`); CAA is built on the same half;
 2. four unit vectors: ``sae_ts`` (the paper's rule on the shipped effect model), ``targeted``
    (sae-ts's solver), ``sae_latent`` (weighted decoder rows) and ``caa`` (for reference), plus an
-   ``unsteered`` row (scale 0: a second unsteered measurement, the noise floor);
+   ``unsteered`` row; with an effect model that has a disruption term (Gemma's), also
+   ``targeted_kl`` (the solver's candidates scored with their measured next-token KL), (scale 0: a second unsteered measurement, the noise floor);
 3. each measured with ``--rollouts`` rollouts per prompt on the 14 effect prompts at
    ``--fraction`` x the per-token residual norm, every method on the same random streams (paired),
    against one baseline of ``--baseline-multiplier`` x as many rollouts.
@@ -31,7 +32,11 @@ from pathlib import Path
 import torch
 
 from sae_ts.baselines import caa_vector, sae_latent_vector
-from sae_ts.effect_model import LinearEffectModel, load_default_effect_model
+from sae_ts.effect_model import (
+    DisruptionEffectModel,
+    load_default_effect_model,
+    load_effect_model,
+)
 from sae_ts.effects import EffectConfig, EffectEstimator, typical_residual_norm
 from sae_ts.experiments.compare.tasks import Task, load_task, split_roles
 from sae_ts.loading import load_default
@@ -39,7 +44,6 @@ from sae_ts.solver import Target, solve, target_stats
 from sae_ts.targets import LatentDensity, latent_density, select_targets
 
 REPO = Path(__file__).resolve().parents[1]
-METHODS = ("sae_ts", "targeted", "sae_latent", "caa", "unsteered")
 
 
 def task_target(  # type: ignore[no-untyped-def]
@@ -73,8 +77,9 @@ def main() -> None:
     em = (
         load_default_effect_model(args.model)
         if args.effect_model is None
-        else LinearEffectModel.load(args.effect_model)
+        else load_effect_model(args.effect_model)
     )
+    disruptive = isinstance(em, DisruptionEffectModel)
     if args.fraction is None and "scale" in em.record:
         scale = float(em.record["scale"])
     else:
@@ -97,16 +102,18 @@ def main() -> None:
             "sae_latent": sae_latent_vector(sae, target.raise_),
             "caa": caa_vector(model, task.pos, task.neg, hook),
         }
+        if disruptive:  # the μ candidates scored with their measured disruption z(v)
+            vecs["targeted_kl"] = solve(em, target, "targeted", lm=model)
         V = torch.stack([v.float() / v.float().norm() for v in vecs.values()] + [vecs["caa"]])
         scales = torch.tensor([scale] * len(vecs) + [0.0])
         # one stream per task, shared by every method: paired differences
         means = est.measure(V, scales, vector_ids=[ti] * len(V))
         rows = {}
-        for name, v, m in zip(METHODS, V, means):
+        for name, v, m in zip([*vecs, "unsteered"], V, means):
             eff = m - baseline
             st = target_stats(eff, target)
             if name != "unsteered":
-                pred = em.predict(v)
+                pred = em.predict_measured(model, v) if disruptive else em.predict(v)
                 st["predicted_target_effect"] = target_stats(pred, target)["target_effect"]
                 st["cosine_pred_measured"] = float(
                     torch.nn.functional.cosine_similarity(pred, eff, dim=0)
@@ -127,7 +134,7 @@ def main() -> None:
                 flush=True,
             )
     bar = {}
-    for m in ("sae_ts", "targeted"):
+    for m in ("sae_ts", "targeted", *(["targeted_kl"] if disruptive else [])):
         t = out["tasks"].values()
         bar[m] = {
             "share_ge_latent": sum(

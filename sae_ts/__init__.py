@@ -22,7 +22,7 @@ from __future__ import annotations
 from importlib import metadata as _metadata
 
 from .baselines import caa_vector, find_features, sae_latent_vector
-from .effect_model import FitReport, LinearEffectModel, fit_adam, fit_ridge
+from .effect_model import FitReport, LinearEffectModel, fit_adam, fit_ridge, load_effect_model
 from .effects import (
     EffectConfig,
     EffectDataset,
@@ -67,6 +67,7 @@ __all__ = [
     "generate",
     "load",
     "load_default",
+    "load_effect_model",
     "measure_vector",
     "random_directions",
     "refine",

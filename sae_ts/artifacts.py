@@ -26,6 +26,7 @@ from .errors import ArtifactError
 
 __all__ = [
     "ArtifactError",
+    "artifact_paths",
     "load_artifact",
     "read_checkpoint",
     "save_artifact",
@@ -48,10 +49,12 @@ def versions() -> dict[str, str]:
     return out
 
 
-def _paths(path: str | Path) -> tuple[Path, Path]:
+def artifact_paths(path: str | Path) -> tuple[Path, Path]:
+    """The (safetensors, JSON record) paths of the artefact at ``path`` (stem or either file)."""
     p = Path(path)
     stem = p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
-    return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+    # not with_suffix: a stem such as "effects_x0.2" has a dot that is not a suffix
+    return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -100,7 +103,7 @@ def save_artifact(
     path: str | Path, tensors: dict[str, torch.Tensor], record: dict[str, Any]
 ) -> Path:
     """Save ``tensors`` as safetensors and ``record`` (plus versions) as JSON; return the stem."""
-    st_path, json_path = _paths(path)
+    st_path, json_path = artifact_paths(path)
     st_path.parent.mkdir(parents=True, exist_ok=True)
     clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     full = {"format_version": FORMAT_VERSION, "versions": versions(), **record}
@@ -114,7 +117,7 @@ def save_artifact(
         raise
     full["sha256"] = sha256_file(st_path)  # load_artifact refuses a file that no longer matches
     write_json_atomic(json_path, full)
-    return st_path.with_suffix("")
+    return st_path.with_name(st_path.name[: -len(".safetensors")])
 
 
 def load_artifact(
@@ -127,7 +130,7 @@ def load_artifact(
     """Load an artefact written by :func:`save_artifact`; check its checksum (when its record has
     one), its kind, that it holds the named ``tensors`` and record ``fields``, and that it is
     finite. Any damage raises :class:`ArtifactError`."""
-    st_path, json_path = _paths(path)
+    st_path, json_path = artifact_paths(path)
     if not st_path.exists():
         raise ArtifactError(f"no artefact at {st_path}")
     if not json_path.exists():

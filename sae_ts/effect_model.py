@@ -1,6 +1,8 @@
 """The linear effect model: ``effect ≈ v @ W + b`` (W is d_model x d_sae).
 
-Two fits on the same :class:`~sae_ts.effects.EffectDataset`:
+Fits on the same :class:`~sae_ts.effects.EffectDataset`, behind one entry point, :func:`fit`
+(``method=``; ``ridge_per_feature`` and ``ridge_disruption``, which adds a measured disruption
+term, are described in their functions and in :mod:`sae_ts.disruption`):
 
 * :func:`fit_ridge` (default): closed-form ridge regression through one SVD per fold
   (``torch.linalg.svd``), the ridge strength chosen by k-fold cross-validation on the training part;
@@ -14,6 +16,8 @@ variance-weighted R² and the mean cosine between predicted and measured effects
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,13 +25,17 @@ from typing import Any, Literal, TypeAlias
 
 import torch
 
-from .artifacts import load_artifact, save_artifact
+from .artifacts import artifact_paths, load_artifact, save_artifact
+from .disruption import disruption_features, next_token_kl
 from .effects import EffectDataset
 from .errors import ConfigError, MissingFileError
+from .models import EMBEDDED_MODELS
+from .types import LanguageModel
 
 __all__ = [
     "DEFAULT_EFFECT_MODEL",
     "FIT_METHODS",
+    "DisruptionEffectModel",
     "FitMethod",
     "FitReport",
     "LinearEffectModel",
@@ -38,11 +46,13 @@ __all__ = [
     "fit",
     "fit_adam",
     "fit_ridge",
+    "fit_ridge_disruption",
     "fit_ridge_per_feature",
     "linear_share",
     "load_default_effect_model",
     "load_effect_model",
     "noise_ceiling",
+    "shipped_fit_method",
 ]
 
 DEFAULT_EFFECT_MODEL: Path = (
@@ -249,18 +259,37 @@ def fit_ridge_per_feature(
     return LinearEffectModel(W.float(), b.float(), _record(ds, report)), report
 
 
-FitMethod: TypeAlias = Literal["ridge", "ridge_per_feature", "adam"]
+FitMethod: TypeAlias = Literal["ridge", "ridge_per_feature", "adam", "ridge_disruption"]
 """Effect-model fits: CV ridge (the shipped model), ridge with a LOO strength per feature, or
 the paper's Adam recipe."""
 
-FIT_METHODS: tuple[FitMethod, ...] = ("ridge", "ridge_per_feature", "adam")
+FIT_METHODS: tuple[FitMethod, ...] = ("ridge", "ridge_per_feature", "adam", "ridge_disruption")
 
 
 def fit(
-    ds: EffectDataset, method: FitMethod = "ridge", holdout: int = 100, seed: int = 0
+    ds: EffectDataset,
+    method: FitMethod = "ridge",
+    holdout: int = 100,
+    seed: int = 0,
+    *,
+    disruption: torch.Tensor | None = None,
 ) -> tuple[LinearEffectModel, FitReport]:
-    """Fit ``effect ≈ v @ W + b`` by ``method`` (see :data:`FIT_METHODS`); every method returns
-    a :class:`LinearEffectModel`, so the solvers work with each."""
+    """Fit an effect model by ``method`` (see :data:`FIT_METHODS`). Every method returns a
+    :class:`LinearEffectModel` (``ridge_disruption`` its subclass
+    :class:`DisruptionEffectModel`), so the solvers work with each.
+
+    ``ridge_disruption`` needs ``disruption``: :func:`sae_ts.disruption.next_token_kl` of each
+    vector of ``ds`` at the campaign's scale (``sae-ts fit --method ridge_disruption`` measures it).
+    """
+    if method == "ridge_disruption":
+        if disruption is None:
+            raise ConfigError(
+                "method 'ridge_disruption' needs disruption=next_token_kl(model, hook, ds.inputs, "
+                "scale, prompts) for the dataset's vectors"
+            )
+        return fit_ridge_disruption(ds, disruption, holdout=holdout, seed=seed)
+    if disruption is not None:
+        raise ConfigError(f"method {method!r} takes no disruption measure")
     if method == "ridge":
         return fit_ridge(ds, holdout=holdout, seed=seed)
     if method == "ridge_per_feature":
@@ -313,11 +342,119 @@ def _record(ds: EffectDataset, report: FitReport) -> dict[str, Any]:
     }
 
 
+DISRUPTION_KIND = "disruption_effect_model"
+
+
+@dataclass
+class DisruptionEffectModel(LinearEffectModel):
+    """``effect ≈ v @ W + φ(z(v)) @ M + b``: a linear effect model plus a measured disruption term.
+
+    ``W`` and ``b`` are the linear part at the training-mean disruption, which the solvers use.
+    ``record["disruption"]`` holds what :meth:`predict_measured` needs to measure ``z``: the
+    steering hook, the scale and the prompts.
+    """
+
+    M: torch.Tensor = field(default_factory=lambda: torch.zeros(2, 0))  # [2, d_sae]
+    z_mean: float = 0.0
+    z_std: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.M.shape != (2, self.d_sae):
+            raise ValueError(f"M must be [2, d_sae={self.d_sae}], got {tuple(self.M.shape)}")
+        if not torch.isfinite(self.M).all() or not self.z_std > 0:
+            raise ValueError("disruption term contains NaN or inf, or a non-positive z_std")
+
+    def predict(self, v: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        """Predicted effect of ``v``. With ``z`` (the :func:`next_token_kl` of each row, ``[n]``
+        or a scalar for one vector) the disruption term is added; without, the linear part."""
+        lin = super().predict(v)
+        if z is None:
+            return lin
+        z = torch.as_tensor(z, dtype=torch.float64).reshape(-1)
+        phi = disruption_features(z, self.z_mean, self.z_std).to(self.M)
+        if v.ndim == 1:
+            if len(z) != 1:
+                raise ValueError(f"one vector needs one z, got {len(z)}")
+            return lin + (phi @ self.M)[0]
+        if len(z) != v.shape[0]:
+            raise ValueError(f"{v.shape[0]} vectors but {len(z)} values of z")
+        return lin + phi @ self.M
+
+    def predict_measured(
+        self, model: LanguageModel, v: torch.Tensor, progress: bool = False
+    ) -> torch.Tensor:
+        """Measure ``z(v)`` on ``model`` (one forward pass per prompt) and predict with it."""
+        d = self.record.get("disruption", {})
+        V = (v if v.ndim == 2 else v[None]).to(self.W)
+        z = next_token_kl(
+            model, d["hook"], V.to(model.cfg.device), d["scale"], d["prompts"], progress=progress
+        )
+        out = self.predict(V, z)
+        return out if v.ndim == 2 else out[0]
+
+    def save(self, path: str | Path) -> Path:
+        tensors = {"W": self.W, "b": self.b, "M": self.M}
+        stats = {"z_mean": self.z_mean, "z_std": self.z_std}
+        return save_artifact(
+            path, tensors, {"kind": DISRUPTION_KIND, **self.record, "z_stats": stats}
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> DisruptionEffectModel:
+        t, rec = load_artifact(
+            path, kind=DISRUPTION_KIND, tensors=("W", "b", "M"), fields=("z_stats", "disruption")
+        )
+        stats = rec.pop("z_stats")
+        return cls(t["W"].float(), t["b"].float(), rec, t["M"].float(),
+                   float(stats["z_mean"]), float(stats["z_std"]))  # fmt: skip
+
+
+def fit_ridge_disruption(
+    ds: EffectDataset,
+    z: torch.Tensor,
+    holdout: int = 100,
+    seed: int = 0,
+) -> tuple[DisruptionEffectModel, FitReport]:
+    """Ridge on ``[v, φ(z)]``: ``z`` (``[n]``) is :func:`next_token_kl` of each vector of ``ds``
+    at the campaign's scale. ``φ`` is standardised on the training part (all but the last
+    ``holdout``), so the held-out vectors play no part in the fit."""
+    if z.shape != (len(ds),):
+        raise ConfigError(f"z must be [{len(ds)}] (one per vector), got {tuple(z.shape)}")
+    if not torch.isfinite(z).all():
+        raise ConfigError("z contains NaN or inf")
+    if not torch.allclose(ds.scales, ds.scales[0].expand_as(ds.scales)):
+        raise ConfigError("the disruption term needs a campaign at one fixed scale")
+    if not ds.record.get("steer_hook"):
+        raise ConfigError("the effect dataset's record names no steer_hook to measure z at")
+    z_tr = z[: len(ds) - holdout].double()
+    mean, std = float(z_tr.mean()), float(z_tr.std())
+    if not std > 0:
+        raise ConfigError("z is constant on the training vectors: there is no disruption to fit")
+    phi = disruption_features(z, mean, std).to(ds.inputs.dtype)
+    aug = dataclasses.replace(ds, inputs=torch.cat([ds.inputs, phi], 1))
+    lin, report = fit_ridge(aug, holdout=holdout, seed=seed)
+    d = ds.inputs.shape[1]
+    report.method = "ridge_disruption"
+    record: dict[str, Any] = dict(lin.record)
+    record["fit"] = {**record.get("fit", {}), "method": "ridge_disruption"}
+    record["disruption"] = {
+        "measure": "next_token_kl",
+        "hook": ds.record.get("steer_hook"),
+        "scale": float(ds.scales[0]),
+        "prompts": [p for p in ds.record.get("config", {}).get("prompts", []) if p],
+    }
+    model = DisruptionEffectModel(lin.W[:d], lin.b, record, lin.W[d:], mean, std)
+    return model, report
+
+
 def load_default_effect_model(model: str = "smollm2-135m") -> LinearEffectModel:
     """The effect model shipped for an embedded model and its SAE (``blocks.12.hook_resid_post``).
 
-    Fitted by closed-form ridge on the effects measured by the effect campaign (its record says
-    how many vectors, rollouts and which scale); see the README.
+    Fitted on the effects measured by the model's effect campaign (its record says how many
+    vectors, rollouts, which scale and which fit method); see the README. SmolLM2's is a
+    :class:`LinearEffectModel` (closed-form ridge); Gemma's, where it is shipped, a
+    :class:`DisruptionEffectModel` (ridge plus a measured next-token-KL term).
     """
     if model not in EMBEDDED_EFFECT_MODELS:
         raise ConfigError(
@@ -330,12 +467,38 @@ def load_default_effect_model(model: str = "smollm2-135m") -> LinearEffectModel:
             f"no shipped effect model for {model} at {path}; estimate one with "
             "`sae-ts estimate` and `sae-ts fit` (see benchmarks/effect_campaign.py)"
         )
-    em = LinearEffectModel.load(path)  # stored in fp16 to keep the wheel small
-    return LinearEffectModel(em.W.float(), em.b.float(), em.record)
+    return load_effect_model(path)  # stored in fp16 to keep the wheel small; float32 here
+
+
+def shipped_fit_method(model: str) -> FitMethod:
+    """The fit method of the effect model shipped for ``model`` (an embedded model's key or
+    name); ``"ridge"`` for any other model, or when none is shipped yet."""
+    key = next(
+        (s.key for s in EMBEDDED_MODELS.values() if model in (s.key, s.name, s.hub_name)), ""
+    )
+    path = EMBEDDED_EFFECT_MODELS.get(key)
+    if path is None or not artifact_paths(path)[1].exists():
+        return "ridge"
+    try:
+        method = json.loads(artifact_paths(path)[1].read_text()).get("fit", {}).get("method")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return "ridge"
+    return method if method in FIT_METHODS else "ridge"
 
 
 def load_effect_model(path: str | Path) -> LinearEffectModel:
-    """A saved effect model of any fit method (safetensors + JSON record), in float32."""
+    """A saved effect model of any fit method (safetensors + JSON record), in float32: a
+    :class:`LinearEffectModel`, or a :class:`DisruptionEffectModel` for
+    ``ridge_disruption``."""
+    json_path = artifact_paths(path)[1]
+    kind = None
+    if json_path.exists():
+        try:
+            kind = json.loads(json_path.read_text()).get("kind")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            kind = None  # load_artifact below names the damage
+    if kind == DISRUPTION_KIND:
+        return DisruptionEffectModel.load(path)
     em = LinearEffectModel.load(path)
     return LinearEffectModel(em.W.float(), em.b.float(), em.record)
 
@@ -463,6 +626,7 @@ def evaluate_heldout(
     groups: list[str] | None = None,
     features: list[int] | None = None,
     baseline: torch.Tensor | None = None,
+    disruption: torch.Tensor | None = None,
 ) -> dict[str, dict[str, float]]:
     """Held-out fit of ``model`` next to its noise ceiling, overall and per group of vectors.
 
@@ -477,7 +641,9 @@ def evaluate_heldout(
     ``split_half_r2``, ``cosine`` (predicted vs measured effect) and ``cosine_minus_b`` (cosine of
     ``v @ W`` with measured − b, the part of the effect that depends on the direction).
     With ``features``, ``r2`` and ``ceiling`` are also given on those latents only
-    (``r2_features``, ``ceiling_features``): the latents that targets use.
+    (``r2_features``, ``ceiling_features``): the latents that targets use. ``disruption``: for a
+    :class:`DisruptionEffectModel`, the measured ``z`` of each held-out
+    direction (the model predicts with it).
     """
     if not torch.allclose(test_a.inputs, test_b.inputs, atol=1e-3):
         raise ValueError("test_a and test_b must measure the same directions, in the same order")
@@ -489,7 +655,12 @@ def evaluate_heldout(
         raise ValueError(f"{len(labels)} group labels for {n} test vectors")
     x = test_a.inputs.float()
     y = (test_a.effects.float() + test_b.effects.float()) / 2
-    pred = model.predict(x)
+    if disruption is None:
+        pred = model.predict(x)
+    else:
+        if not isinstance(model, DisruptionEffectModel):
+            raise ConfigError("disruption= is the measured z of a DisruptionEffectModel")
+        pred = model.predict(x, disruption)
     out: dict[str, dict[str, float]] = {}
     for g in ["all", *sorted(set(labels) - {"all"})]:
         idx = [i for i in range(n) if g == "all" or labels[i] == g]

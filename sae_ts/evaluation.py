@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .effect_model import LinearEffectModel
+from .effect_model import DisruptionEffectModel, LinearEffectModel
 from .effects import EffectEstimator
 from .errors import ConfigError
 from .solver import Target, target_stats
@@ -74,7 +74,10 @@ def measure_vector(
         scale, effect, stats["target_effect"], stats["off_target_norm"], stats["target_share"]
     )
     if effect_model is not None:
-        pred = effect_model.predict(unit)
+        if isinstance(effect_model, DisruptionEffectModel):  # measure z(v) with one forward pass
+            pred = effect_model.predict_measured(estimator.model, unit).to(effect)
+        else:
+            pred = effect_model.predict(unit)
         m.predicted = target_stats(pred, target)
         m.predicted_cosine = float(torch.nn.functional.cosine_similarity(pred, effect, dim=0))
     return m

@@ -23,6 +23,7 @@ a local bias correction, solve again, and report predicted vs measured at each s
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,9 +33,9 @@ import numpy as np
 import torch
 from scipy.optimize import brentq
 
-from .effect_model import LinearEffectModel
+from .effect_model import DisruptionEffectModel, LinearEffectModel
 from .errors import ConfigError
-from .types import Method
+from .types import LanguageModel, Method
 
 __all__ = [
     "Method",
@@ -259,6 +260,7 @@ def _solve_targeted(
     mu: float | None,
     hold_weight: float,
     min_target_fraction: float,
+    predict: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     W = model.W.double().numpy()
     b = model.b.double().numpy()
@@ -276,15 +278,16 @@ def _solve_targeted(
     evals, evecs = np.linalg.eigh(Q0)
     evals = np.clip(evals, 0, None)
     grid = [mu] if mu is not None else [0.0, *list(np.logspace(-3, 3, 25))]
-    sols = []
+    vs = []
     for m in grid:
         mm = m * scale
         if mm == 0:
             v = lin / np.linalg.norm(lin)
         else:
             v = _trust_region(lin - 2 * mm * cross, mm * evals, evecs)
-        vt = torch.as_tensor(v, dtype=torch.float32)
-        sols.append((m, vt, predicted_stats(model, vt, target)))
+        vs.append(torch.as_tensor(v, dtype=torch.float32))
+    preds = predict(torch.stack(vs)) if predict is not None else model.predict(torch.stack(vs))
+    sols = [(m, vt, target_stats(p, target)) for m, vt, p in zip(grid, vs, preds)]
     best_effect = max(s[2]["target_effect"] for s in sols)
     ok = [s for s in sols if s[2]["target_effect"] >= min_target_fraction * best_effect] or sols
     m, v, stats = max(ok, key=lambda s: s[2]["target_share"])
@@ -300,24 +303,38 @@ def solve_with_info(
     mu: float | None = None,
     hold_weight: float = 10.0,
     min_target_fraction: float = 0.5,
+    lm: LanguageModel | None = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Like :func:`solve`, and also a dict: ``method``, ``predicted`` stats, and the method's
     parameters (``lam`` for ``"sae_ts"``; ``mu``, ``mu_scale`` and the μ ``grid`` for
     ``"targeted"``)."""
     tgt = target if isinstance(target, Target) else Target.of(target)
     t = tgt.dense(model.d_sae)
+    predict: Callable[[torch.Tensor], torch.Tensor] | None = None
+    if lm is not None:
+        if not isinstance(model, DisruptionEffectModel):
+            raise ConfigError("lm= is for a DisruptionEffectModel (it measures z(v) on the lm)")
+        predict = functools.partial(model.predict_measured, lm)
+
+    if method != "pinv" and not (model.W.double() @ t.double()).norm() > 0:
+        raise ConfigError(
+            f"the effect model predicts no effect on the target features {[*tgt.raise_, *tgt.suppress]}"
+            " in any direction (their columns of W are zero: never active in its training data)"
+        )
     info: dict[str, Any]
     if method == "sae_ts":
         v, info = _solve_sae_ts(model, t, lam), {"lam": lam}
     elif method == "pinv":
         v, info = _solve_pinv(model, t), {}
     elif method == "targeted":
-        v, info = _solve_targeted(model, tgt, t, mu, hold_weight, min_target_fraction)
+        v, info = _solve_targeted(model, tgt, t, mu, hold_weight, min_target_fraction, predict)
     else:
         raise ConfigError(f"unknown method {method!r}; use 'sae_ts', 'pinv' or 'targeted'")
     info = {
         "method": method,
-        "predicted": predicted_stats(model, v, tgt),
+        "predicted": predicted_stats(model, v, tgt)
+        if predict is None
+        else target_stats(predict(v[None])[0], tgt),
         **{k: v_ for k, v_ in info.items() if k != "predicted"},
     }
     return v, info
@@ -332,6 +349,7 @@ def solve(
     mu: float | None = None,
     hold_weight: float = 10.0,
     min_target_fraction: float = 0.5,
+    lm: LanguageModel | None = None,
 ) -> torch.Tensor:
     """A unit steering direction ``[d_model]`` for ``target`` under the effect model.
 
@@ -345,12 +363,16 @@ def solve(
         hold_weight: ``"targeted"`` only: the extra weight on features to hold still.
         min_target_fraction: ``"targeted"`` only: when μ is picked from the grid, the
             fraction of the best predicted target effect that a candidate must keep.
+        lm: for a :class:`~sae_ts.effect_model.DisruptionEffectModel`, the language model it was
+            measured on. ``"targeted"`` then scores its μ candidates with the full prediction
+            (the linear part plus the disruption term, ``z`` measured in one forward pass per
+            candidate and prompt) instead of the linear part alone.
 
     :func:`solve_with_info` also returns the predicted statistics (and μ for ``"targeted"``).
     """
     v, _ = solve_with_info(
         model, target, method, lam=lam, mu=mu, hold_weight=hold_weight,
-        min_target_fraction=min_target_fraction,
+        min_target_fraction=min_target_fraction, lm=lm,
     )  # fmt: skip
     return v
 

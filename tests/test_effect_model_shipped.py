@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sae_ts.effect_model import EMBEDDED_EFFECT_MODELS, load_default_effect_model
+from sae_ts.effect_model import (
+    EMBEDDED_EFFECT_MODELS,
+    FIT_METHODS,
+    DisruptionEffectModel,
+    load_default_effect_model,
+    shipped_fit_method,
+)
 from sae_ts.effects import sae_fingerprint
 from sae_ts.errors import ConfigError, MissingFileError
 from sae_ts.sae import load_default_sae
@@ -29,8 +35,14 @@ def test_shipped_effect_model_matches_its_sae_and_beats_the_mean(model: str) -> 
     # the figures the demo and README quote: held-out R² above 0, below its noise ceiling
     assert 0 < rec["heldout_r2"] < rec["heldout_ceiling"] <= 1
     assert rec["scale"] > 0 and rec["n_vectors"] > sae.cfg.d_in
+    # `sae-ts fit` without --method refits with the shipped model's method
+    assert shipped_fit_method(model) == rec["fit"]["method"] in FIT_METHODS
+    if isinstance(em, DisruptionEffectModel):  # it can measure its own z
+        assert rec["disruption"]["hook"] == rec["steer_hook"]
+        assert rec["disruption"]["scale"] == pytest.approx(rec["scale"])
 
 
 def test_unknown_model_has_no_effect_model() -> None:
     with pytest.raises(ConfigError, match="no effect model is shipped"):
         load_default_effect_model("gpt2")
+    assert shipped_fit_method("gpt2") == "ridge"

@@ -29,3 +29,23 @@ def test_measure_vector_reports_measured_and_predicted(tiny):
     assert row["predicted_target_effect"] is not None and -1.0 <= row["predicted_cosine"] <= 1.0
     with pytest.raises(ValueError, match="one \\[d_model\\] vector"):
         measure_vector(est, torch.ones(2, tiny.cfg.d_model), 4.0, target)
+
+
+def test_measure_vector_predicts_a_disruption_model_with_its_measured_z(tiny):
+    from sae_ts.disruption import next_token_kl
+    from sae_ts.effect_model import DisruptionEffectModel
+    from sae_ts.solver import target_stats
+
+    sae = tiny_sae(tiny.cfg.d_model, HOOK, d_sae=16)
+    est = EffectEstimator(tiny, sae, config=CFG, seed=0)
+    v = random_directions(1, tiny.cfg.d_model, seed=2)[0]
+    g = torch.Generator().manual_seed(0)
+    rec = {"disruption": {"hook": HOOK, "scale": 4.0, "prompts": ["I think"]}}
+    W = torch.randn(tiny.cfg.d_model, 16, generator=g) * 0.01
+    em = DisruptionEffectModel(W, torch.zeros(16), rec, torch.randn(2, 16, generator=g), 0.1, 0.2)
+    m = measure_vector(est, v, 4.0, Target.of([1, 2]), effect_model=em)
+    z = next_token_kl(tiny, HOOK, v[None], 4.0, ["I think"], progress=False)
+    want = target_stats(em.predict(v[None], z)[0], Target.of([1, 2]))
+    assert m.predicted is not None
+    assert abs(m.predicted["target_effect"] - want["target_effect"]) < 1e-5
+    assert m.predicted != target_stats(em.predict(v), Target.of([1, 2]))  # not the linear part

@@ -137,3 +137,15 @@ def test_paper_rule_with_zero_bias_is_the_plain_direction():
     model = LinearEffectModel(W, torch.zeros(20))
     v = solve(model, {2: 1.0}, "sae_ts")
     assert torch.allclose(v, W[:, 2] / W[:, 2].norm(), atol=1e-6)
+
+
+def test_a_target_the_model_cannot_move_is_a_clear_error():
+    from sae_ts.errors import ConfigError
+
+    W = torch.randn(8, 5)
+    W[:, 3] = 0  # feature 3 was never active in the training data
+    model = LinearEffectModel(W, torch.zeros(5))
+    for method in ("sae_ts", "targeted"):
+        with pytest.raises(ConfigError, match=r"no effect on the target features \[3\]"):
+            solve(model, {3: 1.0}, method)  # type: ignore[arg-type]
+    assert torch.isfinite(solve(model, {2: 1.0, 3: 1.0})).all()

@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from ..baselines import find_features
-from ..effect_model import FIT_METHODS, LinearEffectModel, fit
+from ..disruption import next_token_kl
+from ..effect_model import FIT_METHODS, fit, load_effect_model, shipped_fit_method
 from ..effects import (
     EffectConfig,
     EffectDataset,
@@ -24,6 +25,7 @@ from ..effects import (
 )
 from ..errors import ConfigError
 from ..evaluation import measure_vector
+from ..models import EMBEDDED_MODELS, embedded_spec
 from ..solver import Target, solve_with_info
 from ..steering import SteeringVector
 from .common import (
@@ -86,6 +88,32 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _disruption_of(ds: EffectDataset, args: argparse.Namespace) -> torch.Tensor:
+    """next_token_kl of every vector of ``ds``, on the campaign's model (loaded from the record
+    when --model is not given) at the campaign's hook, scale and prompts."""
+
+    def key(name: str) -> str:  # an embedded model's key from its key, name or hub name
+        try:
+            return embedded_spec(name).key
+        except ConfigError:
+            return name
+
+    measured = ds.record.get("model")
+    if args.model is None and measured and key(measured) in EMBEDDED_MODELS:
+        args.model = key(measured)
+    if measured and args.model and key(measured) != key(args.model):
+        raise ConfigError(
+            f"the effects were measured on {measured!r}, not on --model {args.model!r}"
+        )
+    model, _, _ = load_from_args(args)
+    prompts = ds.record.get("config", {}).get("prompts") or EffectConfig().prompts
+    hook = ds.record.get("steer_hook")
+    if not hook:
+        raise ConfigError("the effect dataset's record names no steer_hook")
+    print(f"measuring the next-token KL of {len(ds)} vectors at scale {float(ds.scales[0]):.4g}")
+    return next_token_kl(model, hook, ds.inputs, float(ds.scales[0]), prompts)
+
+
 def _cmd_fit(args: argparse.Namespace) -> int:
     path = Path(args.effects)
     chunked = path.is_dir() and any(path.glob("chunk_*.safetensors"))
@@ -94,7 +122,11 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         if args.max_vectors < 2:
             raise ConfigError("--max-vectors must be at least 2")
         ds = ds.head(min(args.max_vectors, len(ds)))
-    model, rep = fit(ds, method=args.method, holdout=args.holdout, seed=args.seed)
+    if args.method is None:  # the method of the model shipped for the campaign's model
+        args.method = shipped_fit_method(str(ds.record.get("model", "")))
+        print(f"fit method {args.method} (the shipped effect model's for this model)")
+    z = _disruption_of(ds, args) if args.method == "ridge_disruption" else None
+    model, rep = fit(ds, method=args.method, holdout=args.holdout, seed=args.seed, disruption=z)
     stem = model.save(args.out)
     print(rep)
     print(f"effect model -> {stem}.safetensors (+ .json)")
@@ -102,7 +134,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 
 def _cmd_solve(args: argparse.Namespace) -> int:
-    em = LinearEffectModel.load(args.effect_model)
+    em = load_effect_model(args.effect_model)
     target = target_from_args(args)
     v, info = solve_with_info(em, target, args.method, lam=args.lam)
     sv = SteeringVector(
@@ -121,7 +153,7 @@ def _cmd_measure(args: argparse.Namespace) -> int:
     sv = SteeringVector.load(args.vector, model=model)
     cfg = config_from_args(EffectConfig, args)
     est = EffectEstimator(model, sae, steer_hook=sv.hook_name, config=cfg, seed=args.seed)
-    em = LinearEffectModel.load(args.effect_model) if args.effect_model else None
+    em = load_effect_model(args.effect_model) if args.effect_model else None
     target = target_from_args(args) if args.features else Target.from_dict(sv.target or {})
     m = measure_vector(est, sv.vector, args.scale, target, effect_model=em, progress=True)
     print(json.dumps(m.row(), indent=2))
@@ -183,10 +215,13 @@ def add_cli_commands(sub: Any) -> None:
     p.add_argument(
         "--method",
         choices=list(FIT_METHODS),
-        default="ridge",
-        help="ridge (CV strength; the shipped model's), ridge_per_feature (a LOO strength per "
-        "feature) or adam (the paper's fit)",
+        default=None,
+        help="ridge (CV strength), ridge_per_feature (a LOO strength per feature), adam (the "
+        "paper's fit) or ridge_disruption (ridge plus a measured next-token-KL term; loads the "
+        "campaign's model to measure it). Default: the method of the effect model shipped for "
+        "the campaign's model (ridge for smollm2-135m and for hub models)",
     )
+    add_model_args(p)
     p.add_argument(
         "--max-vectors",
         type=int,

@@ -10,7 +10,7 @@ from typing import Any, get_args
 
 import torch
 
-from ..effect_model import LinearEffectModel, load_default_effect_model
+from ..effect_model import load_default_effect_model, load_effect_model
 from ..experiments.reliability.report import run_reliability
 from ..experiments.reliability.steering import SteerPositions
 from ..steering import SteeringVector
@@ -26,7 +26,7 @@ def _cmd(args: argparse.Namespace) -> int:
     extra: dict[str, Any] = {}
     if args.vector == "sae_ts":
         em = (
-            LinearEffectModel.load(args.effect_model)
+            load_effect_model(args.effect_model)
             if args.effect_model
             else load_default_effect_model()
         )

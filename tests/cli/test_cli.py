@@ -190,6 +190,16 @@ def test_core_pipeline_end_to_end_on_the_real_model(tmp_path, capsys):
     assert main(["fit", "--effects", str(fx), *fit8, "--method", "ridge_per_feature"]) == 0
     assert "ridge_per_feature" in capsys.readouterr().out
     assert json.loads((tmp_path / "em8.json").read_text())["fit"]["n_train"] == 6
+    # the disruption term: the CLI loads the campaign's model (from the record) to measure z
+    emd = ["--out", str(tmp_path / "emd"), "--holdout", "3", "--method", "ridge_disruption"]
+    assert main(["fit", "--effects", str(fx), *emd]) == 0
+    assert "next-token KL of 12 vectors" in capsys.readouterr().out
+    rec = json.loads((tmp_path / "emd.json").read_text())
+    assert rec["kind"] == "disruption_effect_model" and rec["disruption"]["prompts"] == ["I think"]
+    assert main(["fit", "--effects", str(fx), *emd, "--model", "gemma-3-270m"]) == 1
+    assert "measured on 'SmolLM2-135M-Instruct', not on --model" in capsys.readouterr().err
+    solve_d = ["--features", "1:1.0,2:0.5", "--out", str(tmp_path / "vd")]
+    assert main(["solve", "--effect-model", str(tmp_path / "emd"), *solve_d]) == 0
     assert (
         main(
             [
