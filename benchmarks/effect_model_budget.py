@@ -75,18 +75,15 @@ def ceiling_vs_rollouts(
     return {k: true / (true + noise_m * (2 * r) / k) for k in ks}
 
 
-def train_kinds(data: Path, n: int) -> list[str]:
+def train_kinds(data: Path, train: EffectDataset, n: int) -> list[str]:
     """The kind ("dec:<row>" or "gauss") of each loaded training vector, in load order.
 
     ``EffectDataset.load_dir`` skips chunks not finished yet (two shards of a running campaign
-    leave gaps), so the kinds are taken chunk by chunk for the chunks present.
+    leave gaps) and records the chunks it loaded, so the kinds are taken for those chunks.
     """
     kinds = json.loads((data / "train_kinds.json").read_text())
-    cs = int(json.loads((data / "train" / "manifest.json").read_text())["chunk_size"])
-    present = sorted(
-        int(p.stem.split("_")[1]) for p in (data / "train").glob("chunk_*.safetensors")
-    )
-    out = [k for c in present for k in kinds[c * cs : (c + 1) * cs]][:n]
+    cs = int(train.record["chunk_size"])
+    out = [k for c in train.record["chunks"] for k in kinds[c * cs : (c + 1) * cs]][:n]
     if len(out) != n:
         raise SystemExit(f"{data}: {n} training vectors loaded but kinds for {len(out)}")
     return out
@@ -102,7 +99,7 @@ def design_mix(
     seed: int,
 ) -> list[dict]:
     """Held-out R² of ridge on ``n`` training vectors with more or fewer Gaussian directions."""
-    kinds = train_kinds(data, len(train))
+    kinds = train_kinds(data, train, len(train))
     gauss = [i for i, k in enumerate(kinds) if k == "gauss"]
     dec = [i for i, k in enumerate(kinds) if k != "gauss"]
     rows = []
@@ -261,7 +258,7 @@ def main() -> None:
     if args.max_vectors:  # a campaign still running: fit on its first N vectors only
         train = train.head(args.max_vectors)
     if args.train_kinds == "dec":
-        kinds_t = train_kinds(args.data, len(train))
+        kinds_t = train_kinds(args.data, train, len(train))
         train = train.subset([i for i, k in enumerate(kinds_t) if k.startswith("dec")])
     ta, tb = (
         EffectDataset.load_dir(args.data / "test_a"),

@@ -219,7 +219,9 @@ class EffectDataset:
     def load_dir(cls, path: str | Path) -> EffectDataset:
         """The finished chunks of an :func:`estimate_effects` directory (``out_dir``), in order.
 
-        Works on a partly finished run (a campaign still going, or committed chunk by chunk).
+        Works on a partly finished run (a campaign still going, or committed chunk by chunk);
+        ``record["chunks"]`` lists the chunk numbers loaded, so the rows can be matched to the
+        campaign's own lists (row ``i`` of chunk ``c`` is input ``c * chunk_size + i``).
         """
         path = Path(path)
         man_path = path / "manifest.json"
@@ -247,7 +249,9 @@ class EffectDataset:
                 cls(x / x.norm(dim=-1, keepdim=True), t["scales"].float(), t["effects"].float(),
                     baseline.float(), record)
             )  # fmt: skip
-        return cls.concat(parts)
+        ds = cls.concat(parts)
+        ds.record["chunks"] = [int(c.stem.split("_")[1]) for c in chunks]
+        return ds
 
     @classmethod
     def concat(cls, parts: Sequence[EffectDataset]) -> EffectDataset:

@@ -115,6 +115,7 @@ def test_resume_refuses_another_scale_or_sae(tiny, sae, tmp_path):
     (out / "chunk_00001.safetensors").unlink()
     part = EffectDataset.load_dir(out)
     assert len(part) == 2 and torch.equal(part.effects, full.effects[:2])
+    assert part.record["chunks"] == [0]  # which chunks the rows come from
     assert torch.allclose(part.inputs, full.inputs[:2], atol=1e-3)
     resumed = estimate_effects(est, vecs, 2.0, out_dir=out, chunk_size=2, progress=False,
                                store_dtype=torch.float16)  # fmt: skip
