@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from sae_ts.baselines import caa_vector, sae_latent_vector
+from sae_ts.disruption import next_token_kl
 from sae_ts.effect_model import (
     DisruptionEffectModel,
     load_default_effect_model,
@@ -109,11 +110,16 @@ def main() -> None:
         # one stream per task, shared by every method: paired differences
         means = est.measure(V, scales, vector_ids=[ti] * len(V))
         rows = {}
-        for name, v, m in zip([*vecs, "unsteered"], V, means):
+        if disruptive:  # each vector's disruption, measured as the model's z (one forward pass)
+            d = em.record["disruption"]
+            z = next_token_kl(model, d["hook"], V[:-1], d["scale"], d["prompts"], progress=False)
+        for i, (name, v, m) in enumerate(zip([*vecs, "unsteered"], V, means)):
             eff = m - baseline
             st = target_stats(eff, target)
             if name != "unsteered":
-                pred = em.predict_measured(model, v) if disruptive else em.predict(v)
+                pred = em.predict(v[None], z[i : i + 1])[0] if disruptive else em.predict(v)
+                if disruptive:
+                    st["next_token_kl"] = float(z[i])
                 st["predicted_target_effect"] = target_stats(pred, target)["target_effect"]
                 st["cosine_pred_measured"] = float(
                     torch.nn.functional.cosine_similarity(pred, eff, dim=0)
@@ -128,6 +134,7 @@ def main() -> None:
                 + (
                     f"  predicted {st['predicted_target_effect']:+.4f}  cos "
                     f"{st['cosine_pred_measured']:+.3f}"
+                    + (f"  KL {st['next_token_kl']:.2f}" if "next_token_kl" in st else "")
                     if "predicted_target_effect" in st
                     else ""
                 ),
@@ -144,6 +151,17 @@ def main() -> None:
             "tasks": len(out["tasks"]),
         }
     out["bar"] = bar
+    if disruptive:  # how hard each method's vectors shake the next token, over the tasks
+        names = [n for n in next(iter(out["tasks"].values()))["rows"] if n != "unsteered"]
+        out["median_next_token_kl"] = {
+            n: float(
+                torch.tensor(
+                    [t["rows"][n]["next_token_kl"] for t in out["tasks"].values()]
+                ).median()
+            )
+            for n in names
+        }
+        print("median next-token KL (nats):", json.dumps(out["median_next_token_kl"]))
     out["seconds"] = time.perf_counter() - t0
     print("\nbar (issue #12: share >= latent on >= 7/9, positive effect on 9/9):")
     for m, b in bar.items():

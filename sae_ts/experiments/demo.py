@@ -134,7 +134,11 @@ def demo_verdict(
     elif not usable:
         lines.append(f"effect model: {fig}: it does not predict; predictions are not shown.")
     else:
-        lines.append(f"effect model: {fig} on {n} vectors.")
+        method = record.get("fit", {}).get("method", "ridge")
+        how = (
+            " (ridge plus the measured next-token-KL term)" if method == "ridge_disruption" else ""
+        )
+        lines.append(f"effect model: {fig} on {n} vectors{how}.")
     noise = abs(rows["unsteered"]["target_effect"])
     latent = rows["sae_latent"]["target_share"]
     for name in ("sae_ts", "targeted"):

@@ -51,6 +51,9 @@ def test_verdict_is_honest_about_noise_and_the_latent():
     assert usable and "R² 0.300" in lines[0]
     assert any("sae_ts" in x and "above twice" in x and "at least" in x for x in lines)
     assert any("targeted" in x and "NOT above" in x and "below" in x for x in lines)
+    assert "next-token-KL" not in lines[0]
+    rec = {"heldout_r2": 0.3, "n_vectors": 2304, "fit": {"method": "ridge_disruption"}}
+    assert "measured next-token-KL term" in demo_verdict(_rows(0.3, 0.05), rec, 640)[0][0]
 
 
 def test_verdict_never_presents_a_negative_fit_and_flags_underdetermined_ones():
