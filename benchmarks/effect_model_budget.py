@@ -383,8 +383,9 @@ def main() -> None:
             command="python benchmarks/effect_model_budget.py " + " ".join(sys.argv[1:]),
         )
         em.W, em.b = em.W.half(), em.b.half()
-        if isinstance(em, DisruptionEffectModel):
+        if isinstance(em, DisruptionEffectModel):  # F stays float32: its entries are ~1e-8
             em.M = em.M.half()
+            em.attach_fisher(load_default(model=args.disruption_kl or train.record["model"])[0])
         em.save(args.save_model)
         print(f"saved {args.save_model} ({rep})")
     if args.plot:

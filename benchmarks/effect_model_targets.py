@@ -8,7 +8,7 @@ For each task directory under ``--tasks`` (the SAE-TS paper's concept tasks, rea
 2. four unit vectors: ``sae_ts`` (the paper's rule on the shipped effect model), ``targeted``
    (sae-ts's solver), ``sae_latent`` (weighted decoder rows) and ``caa`` (for reference), plus an
    ``unsteered`` row; with an effect model that has a disruption term (Gemma's), also
-   ``targeted_kl`` (the solver's candidates scored with their measured next-token KL), (scale 0: a second unsteered measurement, the noise floor);
+   ``targeted_kl`` (the solver with a budget on its measured next-token KL, ``--max-disruption``), (scale 0: a second unsteered measurement, the noise floor);
 3. each measured with ``--rollouts`` rollouts per prompt on the 14 effect prompts at
    ``--fraction`` x the per-token residual norm, every method on the same random streams (paired),
    against one baseline of ``--baseline-multiplier`` x as many rollouts.
@@ -65,6 +65,11 @@ def main() -> None:
         help="scale, x the per-token norm (default: the scale the effect model was measured at)",
     )  # fmt: skip
     ap.add_argument("--rollouts", type=int, default=8)
+    ap.add_argument(
+        "--max-disruption", type=float, default=0.5,
+        help="nats: the targeted_kl row's budget on its measured next-token KL (default 0.5, "
+        "a typical decoder row's at Gemma's 0.2 x the norm)",
+    )  # fmt: skip
     ap.add_argument("--baseline-multiplier", type=int, default=4)
     ap.add_argument("--n-features", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
@@ -81,6 +86,8 @@ def main() -> None:
         else load_effect_model(args.effect_model)
     )
     disruptive = isinstance(em, DisruptionEffectModel)
+    if isinstance(em, DisruptionEffectModel) and em.fisher is None:
+        em.attach_fisher(model)
     if args.fraction is None and "scale" in em.record:
         scale = float(em.record["scale"])
     else:
@@ -103,8 +110,10 @@ def main() -> None:
             "sae_latent": sae_latent_vector(sae, target.raise_),
             "caa": caa_vector(model, task.pos, task.neg, hook),
         }
-        if disruptive:  # the μ candidates scored with their measured disruption z(v)
-            vecs["targeted_kl"] = solve(em, target, "targeted", lm=model)
+        if disruptive:  # targeted with a budget on its measured disruption z(v)
+            vecs["targeted_kl"] = solve(
+                em, target, "targeted", lm=model, max_disruption=args.max_disruption
+            )
         V = torch.stack([v.float() / v.float().norm() for v in vecs.values()] + [vecs["caa"]])
         scales = torch.tensor([scale] * len(vecs) + [0.0])
         # one stream per task, shared by every method: paired differences

@@ -31,7 +31,7 @@ from .errors import ConfigError
 from .steering import steer
 from .types import LanguageModel
 
-__all__ = ["disruption_features", "next_token_kl"]
+__all__ = ["disruption_features", "next_token_fisher", "next_token_kl"]
 
 
 def _last_logprobs(model: LanguageModel, toks: torch.Tensor) -> torch.Tensor:
@@ -86,3 +86,46 @@ def disruption_features(z: torch.Tensor, mean: float, std: float) -> torch.Tenso
     """``φ(z) = [ẑ, ẑ²]`` (``[n, 2]``) with ``ẑ = (z - mean) / std``."""
     zs = ((z.double() - mean) / std)[:, None]
     return torch.cat([zs, zs**2], 1)
+
+
+def _last_logits(model: LanguageModel, toks: torch.Tensor) -> torch.Tensor:
+    if is_bridge(model):
+        return model(toks)[:, -1]
+    r = model(toks, stop_at_layer=model.cfg.n_layers)[:, -1:]
+    return model.unembed(model.ln_final(r))[:, 0]
+
+
+def next_token_fisher(
+    model: LanguageModel,
+    hook: str,
+    prompts: Sequence[str],
+    top: int = 128,
+    progress: bool = True,
+) -> torch.Tensor:
+    """The Fisher information of the next token with respect to a vector added at ``hook``
+    (``[d_model, d_model]``, float64), averaged over ``prompts``: to second order,
+    ``next_token_kl(v, scale) ≈ ½ scale² vᵀ F v``.
+
+    ``F = Σ_y p(y) g_y g_yᵀ`` with ``g_y = ∇_δ log p(y | prompt, δ added at hook)`` at ``δ = 0``,
+    summed over each prompt's ``top`` most likely next tokens (the rest of the probability mass is
+    left out, so ``F`` is slightly too small). One batched forward and backward pass per prompt.
+    It lets a solver penalise disruption without measuring it (:func:`sae_ts.solver.solve`'s
+    ``max_disruption``).
+    """
+    prompts = [p for p in prompts if p]
+    if not prompts:
+        raise ConfigError("next_token_fisher needs at least one non-empty prompt")
+    d = model.cfg.d_model
+    F = torch.zeros(d, d, dtype=torch.float64)
+    for p in tqdm(prompts, desc="next-token Fisher", disable=not progress):
+        toks = to_tokens(model, [p])
+        p0 = _last_logprobs(model, toks)[0].exp()
+        k = min(top, p0.numel())
+        probs, ys = p0.topk(k)
+        delta = torch.zeros(k, d, device=toks.device, requires_grad=True)
+        with torch.enable_grad(), steer(model, delta, hook, scale=torch.ones(k)):
+            lp = _last_logits(model, toks.expand(k, -1)).float().log_softmax(-1)
+            (G,) = torch.autograd.grad(lp[torch.arange(k), ys.to(lp.device)].sum(), delta)
+        G = G.double().cpu()  # row m: the gradient of log p(y_m)
+        F += (G.T * probs.double().cpu()) @ G
+    return F / len(prompts)

@@ -26,8 +26,8 @@ from typing import Any, Literal, TypeAlias
 import torch
 
 from .artifacts import artifact_paths, load_artifact, save_artifact
-from .disruption import disruption_features, next_token_kl
-from .effects import EffectDataset
+from .disruption import disruption_features, next_token_fisher, next_token_kl
+from .effects import EffectConfig, EffectDataset
 from .errors import ConfigError, MissingFileError
 from .models import EMBEDDED_MODELS
 from .types import LanguageModel
@@ -357,6 +357,7 @@ class DisruptionEffectModel(LinearEffectModel):
     M: torch.Tensor = field(default_factory=lambda: torch.zeros(2, 0))  # [2, d_sae]
     z_mean: float = 0.0
     z_std: float = 1.0
+    fisher: torch.Tensor | None = None  # [d_model, d_model]: z(v) ≈ ½ scale² vᵀ F v
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -364,6 +365,37 @@ class DisruptionEffectModel(LinearEffectModel):
             raise ValueError(f"M must be [2, d_sae={self.d_sae}], got {tuple(self.M.shape)}")
         if not torch.isfinite(self.M).all() or not self.z_std > 0:
             raise ValueError("disruption term contains NaN or inf, or a non-positive z_std")
+        if self.fisher is not None and (
+            self.fisher.shape != (self.d_model, self.d_model)
+            or not torch.isfinite(self.fisher).all()
+        ):
+            raise ValueError(f"fisher must be a finite [d_model={self.d_model}]² matrix")
+
+    def attach_fisher(self, model: LanguageModel, top: int = 128, progress: bool = True) -> None:
+        """Compute :func:`~sae_ts.disruption.next_token_fisher` on ``model`` at the recorded hook
+        and prompts, and keep it (it is saved with the model), so that solvers can bound ``z(v)``
+        without measuring it (``solve(..., max_disruption=...)``)."""
+        d = self.disruption_spec()
+        self.fisher = next_token_fisher(model, d["hook"], d["prompts"], top, progress).float()
+        self.record["fisher"] = {"top": top, "measure": "next_token_fisher"}
+
+    def predicted_disruption(self, v: torch.Tensor) -> torch.Tensor:
+        """The second-order prediction of ``z(v)`` at the recorded scale, ``½ s² vᵀ F v`` (it
+        needs :meth:`attach_fisher`). On Gemma's held-out directions it ranks them as the
+        measured ``z`` does (Spearman 0.92) but runs about 2x low."""
+        if self.fisher is None:
+            raise ConfigError("this effect model has no Fisher matrix: call attach_fisher(lm)")
+        V = (v if v.ndim == 2 else v[None]).double()
+        s = float(self.disruption_spec()["scale"])
+        q = 0.5 * s**2 * ((V @ self.fisher.double()) * V).sum(-1)
+        return q if v.ndim == 2 else q[0]
+
+    def disruption_spec(self) -> dict[str, Any]:
+        """Where and how ``z`` is measured: ``hook``, ``scale`` and ``prompts``."""
+        d = self.record.get("disruption")
+        if not d:
+            raise ConfigError("the record names no disruption measure (hook, scale, prompts)")
+        return dict(d)
 
     def predict(self, v: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         """Predicted effect of ``v``. With ``z`` (the :func:`next_token_kl` of each row, ``[n]``
@@ -385,7 +417,7 @@ class DisruptionEffectModel(LinearEffectModel):
         self, model: LanguageModel, v: torch.Tensor, progress: bool = False
     ) -> torch.Tensor:
         """Measure ``z(v)`` on ``model`` (one forward pass per prompt) and predict with it."""
-        d = self.record.get("disruption", {})
+        d = self.disruption_spec()
         V = (v if v.ndim == 2 else v[None]).to(self.W)
         z = next_token_kl(
             model, d["hook"], V.to(model.cfg.device), d["scale"], d["prompts"], progress=progress
@@ -395,6 +427,8 @@ class DisruptionEffectModel(LinearEffectModel):
 
     def save(self, path: str | Path) -> Path:
         tensors = {"W": self.W, "b": self.b, "M": self.M}
+        if self.fisher is not None:
+            tensors["fisher"] = self.fisher
         stats = {"z_mean": self.z_mean, "z_std": self.z_std}
         return save_artifact(
             path, tensors, {"kind": DISRUPTION_KIND, **self.record, "z_stats": stats}
@@ -406,8 +440,9 @@ class DisruptionEffectModel(LinearEffectModel):
             path, kind=DISRUPTION_KIND, tensors=("W", "b", "M"), fields=("z_stats", "disruption")
         )
         stats = rec.pop("z_stats")
+        fisher = t["fisher"].float() if "fisher" in t else None
         return cls(t["W"].float(), t["b"].float(), rec, t["M"].float(),
-                   float(stats["z_mean"]), float(stats["z_std"]))  # fmt: skip
+                   float(stats["z_mean"]), float(stats["z_std"]), fisher)  # fmt: skip
 
 
 def fit_ridge_disruption(
@@ -442,7 +477,9 @@ def fit_ridge_disruption(
         "measure": "next_token_kl",
         "hook": ds.record.get("steer_hook"),
         "scale": float(ds.scales[0]),
-        "prompts": [p for p in ds.record.get("config", {}).get("prompts", []) if p],
+        "prompts": [
+            p for p in ds.record.get("config", {}).get("prompts") or EffectConfig().prompts if p
+        ],
     }
     model = DisruptionEffectModel(lin.W[:d], lin.b, record, lin.W[d:], mean, std)
     return model, report

@@ -148,3 +148,53 @@ def test_targeted_solver_scores_its_candidates_with_the_measured_disruption():
         from sae_ts.effect_model import LinearEffectModel
 
         solve_with_info(LinearEffectModel(model.W, model.b), target, lm=lm)
+
+
+def test_next_token_fisher_is_the_second_order_of_the_kl():
+    from sae_ts.disruption import next_token_fisher
+
+    model = tiny_model(seed=0)
+    F = next_token_fisher(model, HOOK, PROMPTS, top=10_000, progress=False)
+    assert F.shape == (model.cfg.d_model,) * 2 and torch.allclose(F, F.T, atol=1e-10)
+    assert torch.linalg.eigvalsh(F).min() > -1e-9  # positive semi-definite
+    V = torch.randn(4, model.cfg.d_model, generator=torch.Generator().manual_seed(3))
+    V = V / V.norm(dim=-1, keepdim=True)
+    s = 0.05
+    kl = next_token_kl(model, HOOK, V, s, PROMPTS, progress=False).double()
+    quad = 0.5 * s**2 * ((V.double() @ F) * V.double()).sum(-1)
+    assert torch.allclose(kl, quad, rtol=0.05), (kl, quad)
+
+
+def test_targeted_keeps_its_disruption_within_a_budget():
+    from sae_ts.solver import Target, solve_with_info
+
+    lm = tiny_model(seed=1)
+    ds, _ = synthetic(n=160, d=lm.cfg.d_model)
+    z = next_token_kl(lm, HOOK, ds.inputs, 4.0, PROMPTS, progress=False)
+    model, _ = fit_ridge_disruption(ds, z, holdout=20)
+    target = Target.of({3: 1.0, 7: 0.5})
+    with pytest.raises(ConfigError, match="Fisher"):
+        solve_with_info(model, target, max_disruption=0.1)
+    model.attach_fisher(lm, progress=False)
+    free, _ = solve_with_info(model, target, lm=lm)
+    z_free = float(next_token_kl(lm, HOOK, free[None], 4.0, PROMPTS, progress=False)[0])
+    budget = z_free / 4
+    v, info = solve_with_info(model, target, lm=lm, max_disruption=budget)
+    z_v = float(next_token_kl(lm, HOOK, v[None], 4.0, PROMPTS, progress=False)[0])
+    assert info["disruption_met"] and info["disruption_measured"] and info["nu"] > 0
+    assert z_v <= budget and abs(info["disruption"] - z_v) < 1e-5
+    assert info["predicted"]["target_effect"] > 0  # still aims at the target
+    # without the LM the budget is on the second-order prediction ½ s² vᵀ F v
+    w, winfo = solve_with_info(model, target, max_disruption=budget)
+    assert not winfo["disruption_measured"] and float(model.predicted_disruption(w)) <= budget
+    with pytest.raises(ConfigError, match="constraint of 'targeted'"):
+        solve_with_info(model, target, "sae_ts", max_disruption=budget)
+    with pytest.raises(ConfigError, match="> 0"):
+        solve_with_info(model, target, max_disruption=0.0)
+    # the Fisher matrix is saved with the model
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        back = load_effect_model(model.save(f"{tmp}/em"))
+        assert isinstance(back, DisruptionEffectModel) and back.fisher is not None
+        assert torch.allclose(back.fisher, model.fisher)

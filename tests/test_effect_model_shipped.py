@@ -40,6 +40,9 @@ def test_shipped_effect_model_matches_its_sae_and_beats_the_mean(model: str) -> 
     if isinstance(em, DisruptionEffectModel):  # it can measure its own z
         assert rec["disruption"]["hook"] == rec["steer_hook"]
         assert rec["disruption"]["scale"] == pytest.approx(rec["scale"])
+        # the demo bounds `targeted`'s disruption with it
+        assert em.fisher is not None and em.fisher.shape == (sae.cfg.d_in, sae.cfg.d_in)
+        assert float(torch.linalg.eigvalsh(em.fisher.double()).min()) > -1e-9
 
 
 def test_unknown_model_has_no_effect_model() -> None:
