@@ -49,3 +49,24 @@ def test_unknown_model_has_no_effect_model() -> None:
     with pytest.raises(ConfigError, match="no effect model is shipped"):
         load_default_effect_model("gpt2")
     assert shipped_fit_method("gpt2") == "ridge"
+
+
+def test_gemma_effect_model_measures_its_disruption_on_the_real_model(gemma_model) -> None:
+    """The shipped Gemma model's Fisher is what the code computes, and its measured z tells a
+    decoder row (which barely shakes the next token) from a random direction (which breaks it)."""
+    from sae_ts.disruption import next_token_fisher, next_token_kl
+
+    em = load_default_effect_model("gemma-3-270m")
+    assert isinstance(em, DisruptionEffectModel) and em.fisher is not None
+    d = em.disruption_spec()
+    F = next_token_fisher(gemma_model, d["hook"], d["prompts"], top=128, progress=False)
+    assert torch.allclose(F.float(), em.fisher, rtol=1e-3, atol=1e-4 * float(em.fisher.abs().max()))
+    sae = load_default_sae(model="gemma-3-270m")
+    row = sae.W_dec[303].detach().float()
+    g = torch.randn(sae.cfg.d_in, generator=torch.Generator().manual_seed(0))
+    V = torch.stack([row / row.norm(), g / g.norm()])
+    z = next_token_kl(gemma_model, d["hook"], V, d["scale"], d["prompts"], progress=False)
+    assert z[0] < 2.0 < 5.0 < z[1], z
+    assert em.predicted_disruption(V[0]) < em.predicted_disruption(V[1])
+    pred = em.predict_measured(gemma_model, V)
+    assert pred.shape == (2, sae.cfg.d_sae) and torch.isfinite(pred).all()
