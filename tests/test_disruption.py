@@ -129,13 +129,18 @@ def test_predict_measured_uses_the_recorded_hook_scale_and_prompts():
     assert torch.allclose(model.predict_measured(lm, ds.inputs[0]), got[0], atol=1e-5)
 
 
-def test_targeted_solver_scores_its_candidates_with_the_measured_disruption():
-    from sae_ts.solver import Target, solve_with_info, target_stats
-
+def fitted_on_tiny() -> tuple:
+    """A tiny LM and a disruption model fitted on synthetic effects with the LM's real z."""
     lm = tiny_model(seed=1)
     ds, _ = synthetic(n=160, d=lm.cfg.d_model)
     z = next_token_kl(lm, HOOK, ds.inputs, 4.0, PROMPTS, progress=False)
-    model, _ = fit_ridge_disruption(ds, z, holdout=20)
+    return lm, fit_ridge_disruption(ds, z, holdout=20)[0]
+
+
+def test_targeted_solver_scores_its_candidates_with_the_measured_disruption():
+    from sae_ts.solver import Target, solve_with_info, target_stats
+
+    lm, model = fitted_on_tiny()
     target = Target.of({3: 1.0, 7: 0.5})
     v, info = solve_with_info(model, target, "targeted", lm=lm)
     full = model.predict_measured(lm, v)
@@ -168,10 +173,7 @@ def test_next_token_fisher_is_the_second_order_of_the_kl():
 def test_targeted_keeps_its_disruption_within_a_budget():
     from sae_ts.solver import Target, solve_with_info
 
-    lm = tiny_model(seed=1)
-    ds, _ = synthetic(n=160, d=lm.cfg.d_model)
-    z = next_token_kl(lm, HOOK, ds.inputs, 4.0, PROMPTS, progress=False)
-    model, _ = fit_ridge_disruption(ds, z, holdout=20)
+    lm, model = fitted_on_tiny()
     target = Target.of({3: 1.0, 7: 0.5})
     with pytest.raises(ConfigError, match="Fisher"):
         solve_with_info(model, target, max_disruption=0.1)
