@@ -33,18 +33,19 @@ from pathlib import Path
 
 import torch
 
-from sae_ts.disruption import next_token_kl
 from sae_ts.effect_model import (
     FIT_METHODS,
     DisruptionEffectModel,
+    dataset_disruption,
     evaluate_heldout,
     fit,
     fit_ridge,
     noise_ceiling,
 )
-from sae_ts.effects import EffectConfig, EffectDataset
+from sae_ts.effects import EffectDataset
 from sae_ts.loading import load_default
 from sae_ts.sae import load_default_sae
+from sae_ts.types import LanguageModel
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -175,16 +176,14 @@ def decoder_likeness(
 
 
 def campaign_z(
-    train: EffectDataset, ta: EffectDataset, model_name: str
+    train: EffectDataset, ta: EffectDataset, model: LanguageModel
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """:func:`sae_ts.disruption.next_token_kl` of the training vectors and of the held-out
-    directions, at the campaign's hook, scale and prompts; and the seconds it took."""
-    model, _, _ = load_default(model=model_name)
-    hook, scale = train.record["steer_hook"], float(train.scales[0])
-    prompts = train.record.get("config", {}).get("prompts") or EffectConfig().prompts
+    """:func:`sae_ts.effect_model.dataset_disruption` of the training vectors and of the held-out
+    directions (measured at the training campaign's hook, scale and prompts: the held-out halves
+    share them); and the seconds it took."""
     t0 = time.perf_counter()
-    z_tr = next_token_kl(model, hook, train.inputs, scale, prompts)
-    z_te = next_token_kl(model, hook, ta.inputs, scale, prompts)
+    z_tr = dataset_disruption(model, train)
+    z_te = dataset_disruption(model, ta)
     return z_tr, z_te, time.perf_counter() - t0
 
 
@@ -291,9 +290,10 @@ def main() -> None:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if args.disruption_kl and "ridge_disruption" not in methods:
         methods.append("ridge_disruption")
-    z_tr = z_te = None
+    z_tr = z_te = lm = None
     if "ridge_disruption" in methods or args.save_method == "ridge_disruption":
-        z_tr, z_te, secs = campaign_z(train, ta, args.disruption_kl or train.record["model"])
+        lm = load_default(model=args.disruption_kl or train.record["model"]).model
+        z_tr, z_te, secs = campaign_z(train, ta, lm)
         out["disruption_kl"] = disruption_kl(ta, tb, groups, z_tr, z_te, secs)
     for method, n in ((m, n) for m in methods for n in sizes):
         sub = train.head(n)
@@ -385,7 +385,7 @@ def main() -> None:
         em.W, em.b = em.W.half(), em.b.half()
         if isinstance(em, DisruptionEffectModel):  # F stays float32: its entries are ~1e-8
             em.M = em.M.half()
-            em.attach_fisher(load_default(model=args.disruption_kl or train.record["model"])[0])
+            em.attach_fisher(lm)
         em.save(args.save_model)
         print(f"saved {args.save_model} ({rep})")
     if args.plot:

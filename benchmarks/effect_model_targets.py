@@ -32,7 +32,6 @@ from pathlib import Path
 import torch
 
 from sae_ts.baselines import caa_vector, sae_latent_vector
-from sae_ts.disruption import next_token_kl
 from sae_ts.effect_model import (
     DisruptionEffectModel,
     load_default_effect_model,
@@ -120,8 +119,7 @@ def main() -> None:
         means = est.measure(V, scales, vector_ids=[ti] * len(V))
         rows = {}
         if disruptive:  # each vector's disruption, measured as the model's z (one forward pass)
-            d = em.record["disruption"]
-            z = next_token_kl(model, d["hook"], V[:-1], d["scale"], d["prompts"], progress=False)
+            z = em.measure_z(model, V[:-1])
         for i, (name, v, m) in enumerate(zip([*vecs, "unsteered"], V, means)):
             eff = m - baseline
             st = target_stats(eff, target)

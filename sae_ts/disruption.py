@@ -34,14 +34,17 @@ from .types import LanguageModel
 __all__ = ["disruption_features", "next_token_fisher", "next_token_kl"]
 
 
+def _last_logits(model: LanguageModel, toks: torch.Tensor) -> torch.Tensor:
+    if is_bridge(model):
+        return model(toks)[:, -1]
+    # unembed the last position only (Gemma's vocabulary is 262k)
+    r = model(toks, stop_at_layer=model.cfg.n_layers)[:, -1:]
+    return model.unembed(model.ln_final(r))[:, 0]
+
+
 def _last_logprobs(model: LanguageModel, toks: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        if is_bridge(model):
-            logits = model(toks)[:, -1]
-        else:  # unembed the last position only (Gemma's vocabulary is 262k)
-            r = model(toks, stop_at_layer=model.cfg.n_layers)[:, -1:]
-            logits = model.unembed(model.ln_final(r))[:, 0]
-        return logits.float().log_softmax(-1)
+        return _last_logits(model, toks).float().log_softmax(-1)
 
 
 def next_token_kl(
@@ -86,13 +89,6 @@ def disruption_features(z: torch.Tensor, mean: float, std: float) -> torch.Tenso
     """``φ(z) = [ẑ, ẑ²]`` (``[n, 2]``) with ``ẑ = (z - mean) / std``."""
     zs = ((z.double() - mean) / std)[:, None]
     return torch.cat([zs, zs**2], 1)
-
-
-def _last_logits(model: LanguageModel, toks: torch.Tensor) -> torch.Tensor:
-    if is_bridge(model):
-        return model(toks)[:, -1]
-    r = model(toks, stop_at_layer=model.cfg.n_layers)[:, -1:]
-    return model.unembed(model.ln_final(r))[:, 0]
 
 
 def next_token_fisher(

@@ -29,7 +29,7 @@ from .artifacts import artifact_paths, load_artifact, save_artifact
 from .disruption import disruption_features, next_token_fisher, next_token_kl
 from .effects import EffectConfig, EffectDataset
 from .errors import ConfigError, MissingFileError
-from .models import EMBEDDED_MODELS
+from .models import embedded_spec
 from .types import LanguageModel
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "LinearEffectModel",
     "RolloutReliability",
     "UnderdeterminedFitWarning",
+    "dataset_disruption",
     "effect_metrics",
     "evaluate_heldout",
     "fit",
@@ -413,16 +414,22 @@ class DisruptionEffectModel(LinearEffectModel):
             raise ValueError(f"{v.shape[0]} vectors but {len(z)} values of z")
         return lin + phi @ self.M
 
+    def measure_z(
+        self, model: LanguageModel, V: torch.Tensor, progress: bool = False
+    ) -> torch.Tensor:
+        """``z`` of each row of ``V`` (``[n, d_model]``) on ``model``, at the recorded hook, scale
+        and prompts: :func:`~sae_ts.disruption.next_token_kl`. Returns ``[n]``."""
+        d = self.disruption_spec()
+        return next_token_kl(
+            model, d["hook"], V.to(model.cfg.device), d["scale"], d["prompts"], progress=progress
+        )
+
     def predict_measured(
         self, model: LanguageModel, v: torch.Tensor, progress: bool = False
     ) -> torch.Tensor:
         """Measure ``z(v)`` on ``model`` (one forward pass per prompt) and predict with it."""
-        d = self.disruption_spec()
         V = (v if v.ndim == 2 else v[None]).to(self.W)
-        z = next_token_kl(
-            model, d["hook"], V.to(model.cfg.device), d["scale"], d["prompts"], progress=progress
-        )
-        out = self.predict(V, z)
+        out = self.predict(V, self.measure_z(model, V, progress))
         return out if v.ndim == 2 else out[0]
 
     def save(self, path: str | Path) -> Path:
@@ -445,6 +452,37 @@ class DisruptionEffectModel(LinearEffectModel):
                    float(stats["z_mean"]), float(stats["z_std"]), fisher)  # fmt: skip
 
 
+def _dataset_spec(ds: EffectDataset) -> dict[str, Any]:
+    """Where a campaign's ``z`` is measured: its steering hook, its one scale, its prompts."""
+    if not torch.allclose(ds.scales, ds.scales[0].expand_as(ds.scales)):
+        raise ConfigError("the disruption term needs a campaign at one fixed scale")
+    if not ds.record.get("steer_hook"):
+        raise ConfigError("the effect dataset's record names no steer_hook to measure z at")
+    prompts = ds.record.get("config", {}).get("prompts") or EffectConfig().prompts
+    return {
+        "measure": "next_token_kl",
+        "hook": ds.record["steer_hook"],
+        "scale": float(ds.scales[0]),
+        "prompts": [p for p in prompts if p],
+    }
+
+
+def dataset_disruption(
+    model: LanguageModel, ds: EffectDataset, progress: bool = True
+) -> torch.Tensor:
+    """:func:`~sae_ts.disruption.next_token_kl` of every vector of ``ds`` on ``model``, at the
+    campaign's hook, scale and prompts: the ``disruption`` that ``ridge_disruption`` fits on."""
+    d = _dataset_spec(ds)
+    return next_token_kl(
+        model,
+        d["hook"],
+        ds.inputs.to(model.cfg.device),
+        d["scale"],
+        d["prompts"],
+        progress=progress,
+    )
+
+
 def fit_ridge_disruption(
     ds: EffectDataset,
     z: torch.Tensor,
@@ -458,10 +496,7 @@ def fit_ridge_disruption(
         raise ConfigError(f"z must be [{len(ds)}] (one per vector), got {tuple(z.shape)}")
     if not torch.isfinite(z).all():
         raise ConfigError("z contains NaN or inf")
-    if not torch.allclose(ds.scales, ds.scales[0].expand_as(ds.scales)):
-        raise ConfigError("the disruption term needs a campaign at one fixed scale")
-    if not ds.record.get("steer_hook"):
-        raise ConfigError("the effect dataset's record names no steer_hook to measure z at")
+    spec = _dataset_spec(ds)
     z_tr = z[: len(ds) - holdout].double()
     mean, std = float(z_tr.mean()), float(z_tr.std())
     if not std > 0:
@@ -473,14 +508,7 @@ def fit_ridge_disruption(
     report.method = "ridge_disruption"
     record: dict[str, Any] = dict(lin.record)
     record["fit"] = {**record.get("fit", {}), "method": "ridge_disruption"}
-    record["disruption"] = {
-        "measure": "next_token_kl",
-        "hook": ds.record.get("steer_hook"),
-        "scale": float(ds.scales[0]),
-        "prompts": [
-            p for p in ds.record.get("config", {}).get("prompts") or EffectConfig().prompts if p
-        ],
-    }
+    record["disruption"] = spec
     model = DisruptionEffectModel(lin.W[:d], lin.b, record, lin.W[d:], mean, std)
     return model, report
 
@@ -510,10 +538,10 @@ def load_default_effect_model(model: str = "smollm2-135m") -> LinearEffectModel:
 def shipped_fit_method(model: str) -> FitMethod:
     """The fit method of the effect model shipped for ``model`` (an embedded model's key or
     name); ``"ridge"`` for any other model, or when none is shipped yet."""
-    key = next(
-        (s.key for s in EMBEDDED_MODELS.values() if model in (s.key, s.name, s.hub_name)), ""
-    )
-    path = EMBEDDED_EFFECT_MODELS.get(key)
+    try:
+        path = EMBEDDED_EFFECT_MODELS.get(embedded_spec(model).key)
+    except ConfigError:  # not an embedded model
+        return "ridge"
     if path is None or not artifact_paths(path)[1].exists():
         return "ridge"
     try:

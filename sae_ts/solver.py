@@ -33,7 +33,6 @@ import numpy as np
 import torch
 from scipy.optimize import brentq
 
-from .disruption import next_token_kl
 from .effect_model import DisruptionEffectModel, LinearEffectModel
 from .errors import ConfigError
 from .types import LanguageModel, Method
@@ -261,9 +260,8 @@ def _solve_targeted(
     mu: float | None,
     hold_weight: float,
     min_target_fraction: float,
-    predict: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    z_of: Callable[[torch.Tensor], torch.Tensor] | None = None,
     max_disruption: float | None = None,
-    measure_z: Callable[[torch.Tensor], float] | None = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     W = model.W.double().numpy()
     b = model.b.double().numpy()
@@ -279,10 +277,13 @@ def _solve_targeted(
     # scale μ (and ν) relative to the problem so the grids mean the same for any model
     scale = float(np.linalg.norm(lin)) / max(float(np.trace(Q0)) / Q0.shape[0], 1e-30)
     grid = [mu] if mu is not None else [0.0, *list(np.logspace(-3, 3, 25))]
+    evals0, evecs0 = np.linalg.eigh(Q0)
 
-    def path(Fq: np.ndarray | None, nn: float) -> tuple[float, torch.Tensor, dict[str, Any], list]:
-        """The μ path at disruption weight ``nn`` and its chosen solution."""
-        evals0, evecs0 = np.linalg.eigh(Q0)
+    def path(
+        Fq: np.ndarray | None, nn: float
+    ) -> tuple[float, torch.Tensor, dict[str, Any], list, float | None]:
+        """The μ path at disruption weight ``nn``, its chosen solution and that solution's
+        measured ``z`` (with ``z_of``: every candidate is predicted with its measured z)."""
         vs = []
         for m in grid:
             mm = m * scale
@@ -295,15 +296,23 @@ def _solve_targeted(
                 v = _trust_region(lin - 2 * mm * cross, np.clip(ev, 0, None), evec)
             vs.append(torch.as_tensor(v, dtype=torch.float32))
         V = torch.stack(vs)
-        preds = predict(V) if predict is not None else model.predict(V)
-        sols = [(m, vt, target_stats(p, target)) for m, vt, p in zip(grid, vs, preds)]
+        zs = None
+        if z_of is None:
+            preds = model.predict(V)
+        else:  # solve_with_info passes z_of for a DisruptionEffectModel only
+            assert isinstance(model, DisruptionEffectModel)
+            zs = z_of(V)
+            preds = model.predict(V, zs)
+        sols = [
+            (m, vt, target_stats(p, target), i) for i, (m, vt, p) in enumerate(zip(grid, vs, preds))
+        ]
         best_effect = max(s[2]["target_effect"] for s in sols)
         ok = [s for s in sols if s[2]["target_effect"] >= min_target_fraction * best_effect] or sols
-        m, v, stats = max(ok, key=lambda s: s[2]["target_share"])
-        return m, v, stats, sols
+        m, v, stats, i = max(ok, key=lambda s: s[2]["target_share"])
+        return m, v, stats, sols, None if zs is None else float(zs[i])
 
     if max_disruption is None:
-        m, v, stats, sols = path(None, 0.0)
+        m, v, stats, sols, _ = path(None, 0.0)
         return v, {"mu": m, "mu_scale": scale, "predicted": stats,
                    "grid": [(s[0], s[2]) for s in sols]}  # fmt: skip
     if not isinstance(model, DisruptionEffectModel) or model.fisher is None:
@@ -320,8 +329,8 @@ def _solve_targeted(
     found: dict[int, tuple] = {}
 
     def at(i: int) -> float:
-        m, v, stats, sols = path(Fq, nus[i] * nu_scale)
-        z = measure_z(v) if measure_z is not None else float(model.predicted_disruption(v))
+        m, v, stats, sols, z_measured = path(Fq, nus[i] * nu_scale)
+        z = z_measured if z_measured is not None else float(model.predicted_disruption(v))
         tried[i] = {"nu": nus[i], "mu": m, "disruption": z, **stats}
         found[i] = (m, v, stats, sols, z)
         return z
@@ -341,7 +350,7 @@ def _solve_targeted(
     nu = nus[best]
     tried_list = [tried[i] for i in sorted(tried)]
     return v, {"mu": m, "mu_scale": scale, "nu": nu, "nu_scale": nu_scale, "predicted": stats,
-               "disruption": z, "disruption_measured": measure_z is not None,
+               "disruption": z, "disruption_measured": z_of is not None,
                "disruption_met": z <= max_disruption,
                "disruption_path": tried_list, "grid": [(s[0], s[2]) for s in sols]}  # fmt: skip
 
@@ -363,18 +372,11 @@ def solve_with_info(
     ``"targeted"``)."""
     tgt = target if isinstance(target, Target) else Target.of(target)
     t = tgt.dense(model.d_sae)
-    predict: Callable[[torch.Tensor], torch.Tensor] | None = None
-    measure_z: Callable[[torch.Tensor], float] | None = None
+    z_of: Callable[[torch.Tensor], torch.Tensor] | None = None
     if lm is not None:
         if not isinstance(model, DisruptionEffectModel):
             raise ConfigError("lm= is for a DisruptionEffectModel (it measures z(v) on the lm)")
-        predict = functools.partial(model.predict_measured, lm)
-        d = model.disruption_spec()
-
-        def measure_z(v: torch.Tensor) -> float:
-            return float(
-                next_token_kl(lm, d["hook"], v[None], d["scale"], d["prompts"], progress=False)[0]
-            )
+        z_of = functools.partial(model.measure_z, lm)
 
     if method != "pinv" and not (model.W.double() @ t.double()).norm() > 0:
         raise ConfigError(
@@ -390,17 +392,17 @@ def solve_with_info(
         v, info = _solve_pinv(model, t), {}
     elif method == "targeted":
         v, info = _solve_targeted(
-            model, tgt, t, mu, hold_weight, min_target_fraction, predict, max_disruption, measure_z
+            model, tgt, t, mu, hold_weight, min_target_fraction, z_of, max_disruption
         )
     else:
         raise ConfigError(f"unknown method {method!r}; use 'sae_ts', 'pinv' or 'targeted'")
-    info = {
-        "method": method,
-        "predicted": predicted_stats(model, v, tgt)
-        if predict is None
-        else target_stats(predict(v[None])[0], tgt),
-        **{k: v_ for k, v_ in info.items() if k != "predicted"},
-    }
+    if "predicted" in info:  # targeted's: already scored as above (with z when lm is given)
+        predicted = info.pop("predicted")
+    elif lm is not None and isinstance(model, DisruptionEffectModel):
+        predicted = target_stats(model.predict_measured(lm, v), tgt)
+    else:
+        predicted = predicted_stats(model, v, tgt)
+    info = {"method": method, "predicted": predicted, **info}
     return v, info
 
 

@@ -11,8 +11,13 @@ import torch
 from safetensors.torch import load_file
 
 from ..baselines import find_features
-from ..disruption import next_token_kl
-from ..effect_model import FIT_METHODS, fit, load_effect_model, shipped_fit_method
+from ..effect_model import (
+    FIT_METHODS,
+    dataset_disruption,
+    fit,
+    load_effect_model,
+    shipped_fit_method,
+)
 from ..effects import (
     EffectConfig,
     EffectDataset,
@@ -106,12 +111,8 @@ def _disruption_of(ds: EffectDataset, args: argparse.Namespace) -> torch.Tensor:
             f"the effects were measured on {measured!r}, not on --model {args.model!r}"
         )
     model, _, _ = load_from_args(args)
-    prompts = ds.record.get("config", {}).get("prompts") or EffectConfig().prompts
-    hook = ds.record.get("steer_hook")
-    if not hook:
-        raise ConfigError("the effect dataset's record names no steer_hook")
     print(f"measuring the next-token KL of {len(ds)} vectors at scale {float(ds.scales[0]):.4g}")
-    return next_token_kl(model, hook, ds.inputs, float(ds.scales[0]), prompts)
+    return dataset_disruption(model, ds)
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
