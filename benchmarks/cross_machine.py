@@ -48,7 +48,8 @@ elif part == "compare":
     d = tempfile.mkdtemp()
     doc = run_comparison([sys.argv[4]], budget="smoke", out_dir=d, validate=False)
     rec = doc["tasks"][list(doc["tasks"])[0]]
-    rows = [k for k in ("unsteered", "caa", "sae", "sae_ts", "targeted", "fgaa", "prompt") if k in rec]
+    rows = [k for k in ("unsteered", "caa", "sae", "sae_ts", "targeted", "targeted_span", "fgaa",
+                               "prompt") if k in rec]
     json.dump({"values": [rec[k]["score"] for k in rows], "rows": rows}, open(out, "w"))
 else:
     from sae_ts.experiments.reliability.report import run_reliability

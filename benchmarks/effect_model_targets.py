@@ -5,10 +5,13 @@ For each task directory under ``--tasks`` (the SAE-TS paper's concept tasks, rea
 1. target latents chosen as the method comparison chooses them (issue #13): the most selective
    ``--n-features`` latents on the build half of the task's texts, dense latents left out, equal
    L2-normalised weights (:func:`sae_ts.targets.select_targets`); CAA is built on the same half;
-2. four unit vectors: ``sae_ts`` (the paper's rule on the shipped effect model), ``targeted``
-   (sae-ts's solver), ``sae_latent`` (weighted decoder rows) and ``caa`` (for reference), plus an
-   ``unsteered`` row; with an effect model that has a disruption term (Gemma's), also
-   ``targeted_kl`` (the solver with a budget on its measured next-token KL, ``--max-disruption``), (scale 0: a second unsteered measurement, the noise floor);
+2. unit vectors: ``sae_ts`` (the paper's rule on the shipped effect model), ``targeted``
+   (sae-ts's solver), ``targeted_span`` (the solver within the target latents' own decoder rows,
+   :func:`sae_ts.solver.solve_in_decoder_span`), ``sae_latent`` (weighted decoder rows) and
+   ``caa`` (for reference); with an effect model that has a disruption term (Gemma's), also
+   ``targeted_kl`` (the solver with a budget on its measured next-token KL, ``--max-disruption``),
+   and ``targeted_span`` gets the same budget; and an ``unsteered`` row (scale 0: a second
+   unsteered measurement, the noise floor);
 3. each measured with ``--rollouts`` rollouts per prompt on the 14 effect prompts at
    ``--fraction`` x the per-token residual norm, every method on the same random streams (paired),
    against one baseline of ``--baseline-multiplier`` x as many rollouts.
@@ -20,6 +23,9 @@ cosine(predicted, measured) per task and method, and the bar of issue #12: ``sae
 Example::
 
     python benchmarks/effect_model_targets.py --json benchmarks/results/effect_model_targets.json
+
+``--only targeted_span --merge EARLIER.json`` measures one new row and adds it to an earlier run:
+every row of a task uses that task's random streams and the same baseline, so the rows pair.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from sae_ts.effect_model import (
 from sae_ts.effects import EffectConfig, EffectEstimator, typical_residual_norm
 from sae_ts.experiments.compare.tasks import Task, load_task, split_roles
 from sae_ts.loading import load_default
-from sae_ts.solver import Target, solve, target_stats
+from sae_ts.solver import Target, solve, solve_in_decoder_span, target_stats
 from sae_ts.targets import LatentDensity, latent_density, select_targets
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,6 +58,34 @@ def task_target(  # type: ignore[no-untyped-def]
     """The comparison's target: top selective latents on the build half, equal L2-normalised weights."""
     chosen = select_targets(model, sae, build.pos, build.neg, hook, n_features, density)
     return Target.of({t.latent: t.weight for t in chosen})
+
+
+def task_vector(  # type: ignore[no-untyped-def]
+    name: str,
+    em,
+    model,
+    sae,
+    hook: str,
+    task: Task,
+    target: Target,
+    kl: dict,
+    span_k: int,
+    span_info: dict,
+) -> torch.Tensor:
+    """One row's unit vector. ``targeted_kl``: ``targeted`` with a budget on its measured
+    disruption z(v) (``kl``); ``targeted_span``: ``targeted`` within the target latents' own
+    decoder rows (with the budget, if any), its span recorded in ``span_info``."""
+    if name in ("sae_ts", "targeted"):
+        return solve(em, target, name)  # type: ignore[arg-type]
+    if name == "sae_latent":
+        return sae_latent_vector(sae, target.raise_)
+    if name == "caa":
+        return caa_vector(model, task.pos, task.neg, hook)
+    if name == "targeted_kl":
+        return solve(em, target, "targeted", **kl)
+    v, info = solve_in_decoder_span(em, sae.W_dec.detach(), target, span_k, **kl)
+    span_info.update({k: info[k] for k in ("span_ids", "span_weights", "dropped")})
+    return v
 
 
 def main() -> None:
@@ -69,6 +103,16 @@ def main() -> None:
         help="nats: the targeted_kl row's budget on its measured next-token KL (default 0.5, "
         "a typical decoder row's at Gemma's 0.2 x the norm)",
     )  # fmt: skip
+    ap.add_argument(
+        "--span-k", type=int, default=0,
+        help="the targeted_span row's helper decoder rows besides the target's own (default 0)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--only", type=lambda s: s.split(","), default=None, metavar="ROWS",
+        help="measure only these rows (and unsteered), e.g. targeted_span; with --merge, add them "
+        "to an earlier run's JSON: every row of a task shares its random streams, so they pair",
+    )  # fmt: skip
+    ap.add_argument("--merge", type=Path, default=None, help="an earlier run's --json to extend")
     ap.add_argument("--baseline-multiplier", type=int, default=4)
     ap.add_argument("--n-features", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
@@ -103,17 +147,17 @@ def main() -> None:
     for ti, path in enumerate(tasks):
         task = split_roles(load_task(path), args.seed).build
         target = task_target(model, sae, hook, task, args.n_features, density)
+        kl = {"lm": model, "max_disruption": args.max_disruption} if disruptive else {}
+        names = ["sae_ts", "targeted", "sae_latent", "caa",
+                 *(["targeted_kl"] if disruptive else []), "targeted_span"]  # fmt: skip
+        span_info: dict = {}
         vecs = {
-            "sae_ts": solve(em, target, "sae_ts"),
-            "targeted": solve(em, target, "targeted"),
-            "sae_latent": sae_latent_vector(sae, target.raise_),
-            "caa": caa_vector(model, task.pos, task.neg, hook),
+            n: task_vector(n, em, model, sae, hook, task, target, kl, args.span_k, span_info)
+            for n in names
+            if not args.only or n in args.only
         }
-        if disruptive:  # targeted with a budget on its measured disruption z(v)
-            vecs["targeted_kl"] = solve(
-                em, target, "targeted", lm=model, max_disruption=args.max_disruption
-            )
-        V = torch.stack([v.float() / v.float().norm() for v in vecs.values()] + [vecs["caa"]])
+        V = torch.stack([v.float() / v.float().norm() for v in vecs.values()])
+        V = torch.cat([V, V[:1]])  # the unsteered row: scale 0
         scales = torch.tensor([scale] * len(vecs) + [0.0])
         # one stream per task, shared by every method: paired differences
         means = est.measure(V, scales, vector_ids=[ti] * len(V))
@@ -132,7 +176,12 @@ def main() -> None:
                     torch.nn.functional.cosine_similarity(pred, eff, dim=0)
                 )
             rows[name] = st
-        out["tasks"][path.name] = {"target": target.to_dict(), "rows": rows}
+        if args.merge:  # the earlier run's rows first, then this run's (unsteered remeasured)
+            earlier = json.loads(args.merge.read_text())["tasks"][path.name]
+            if earlier["target"] != json.loads(json.dumps(target.to_dict())):
+                raise SystemExit(f"{path.name}: --merge's target differs from this run's")
+            rows = {**earlier["rows"], **rows}
+        out["tasks"][path.name] = {"target": target.to_dict(), "rows": rows, "span": span_info}
         print(f"\n{path.name}: target {target.raise_}", flush=True)
         for name, st in rows.items():
             print(
@@ -148,8 +197,9 @@ def main() -> None:
                 flush=True,
             )
     bar = {}
-    for m in ("sae_ts", "targeted", *(["targeted_kl"] if disruptive else [])):
-        t = out["tasks"].values()
+    t = out["tasks"].values()
+    have = next(iter(t))["rows"] if "sae_latent" in next(iter(t))["rows"] else {}
+    for m in (r for r in have if r not in ("sae_latent", "caa", "unsteered")):
         bar[m] = {
             "share_ge_latent": sum(
                 r["rows"][m]["target_share"] >= r["rows"]["sae_latent"]["target_share"] for r in t

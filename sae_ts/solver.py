@@ -17,6 +17,12 @@ Methods (all return unit-norm ``[d_model]`` directions; the scale is chosen afte
   the predicted *target share* among solutions keeping at least ``min_target_fraction`` of the
   largest achievable predicted target effect.
 
+``solve(..., within=rows)`` restricts ``"targeted"`` to the span of some rows, and
+:func:`solve_in_decoder_span` to the target latents' own decoder rows (plus ``k`` helper rows),
+never steering against a target latent. Where the effect model predicts well only near the
+directions it was fitted on (SAE decoder rows: Gemma 3 270M's), the whole-space optimum exploits
+its errors; inside the span it cannot.
+
 :func:`refine` closes the loop: measure the solved vector's real effect, treat the model's error as
 a local bias correction, solve again, and report predicted vs measured at each step.
 """
@@ -41,11 +47,13 @@ __all__ = [
     "Method",
     "RefineStep",
     "Target",
+    "decoder_span",
     "parse_feature_spec",
     "parse_id_list",
     "predicted_stats",
     "refine",
     "solve",
+    "solve_in_decoder_span",
     "solve_with_info",
     "target_stats",
 ]
@@ -253,6 +261,102 @@ def _trust_region(g: np.ndarray, evals: np.ndarray, evecs: np.ndarray) -> np.nda
     return v / np.linalg.norm(v)
 
 
+def _orthonormal_rows(within: torch.Tensor, d_model: int) -> np.ndarray:
+    """An orthonormal basis (rows) of the span of ``within``'s rows, checked."""
+    if within.ndim != 2 or within.shape[1] != d_model:
+        raise ConfigError(
+            f"within must be [k, d_model={d_model}] rows spanning the allowed directions, "
+            f"got shape {tuple(within.shape)}"
+        )
+    if within.shape[0] == 0 or not torch.isfinite(within).all():
+        raise ConfigError("within must hold at least one row, all finite")
+    A = within.double().numpy()
+    u, s, _ = np.linalg.svd(A.T, full_matrices=False)
+    keep = s > s.max() * 1e-8
+    return np.ascontiguousarray(u[:, keep].T)
+
+
+def decoder_span(
+    model: LinearEffectModel,
+    W_dec: torch.Tensor,
+    target: Target | Mapping[int, float] | Sequence[int] | int,
+    k: int = 16,
+) -> tuple[torch.Tensor, list[int]]:
+    """Decoder rows to pass as ``solve(..., within=...)``: the target's raise and suppress latents
+    and the ``k`` latents whose own (unit) decoder row the effect model predicts to move the target
+    most.
+
+    A solution in this span is a weighted mix of a few SAE latents: the kind of direction the
+    effect model was fitted on (decoder rows), where its predictions hold better than on arbitrary
+    directions. Returns the rows ``[n, d_model]`` and their latent ids.
+    """
+    tgt = target if isinstance(target, Target) else Target.of(target)
+    if W_dec.ndim != 2 or tuple(W_dec.shape) != (model.d_sae, model.d_model):
+        raise ConfigError(
+            f"W_dec must be [d_sae={model.d_sae}, d_model={model.d_model}], "
+            f"got {tuple(W_dec.shape)}"
+        )
+    if k < 0:
+        raise ConfigError(f"k must be >= 0, got {k}")
+    tgt.validate(model.d_sae)
+    D = W_dec.double()
+    D = D / D.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    gain = D @ (model.W.double() @ tgt.dense(model.d_sae).double())  # a · (d_i W) per latent
+    ids = [int(i) for i in (*tgt.raise_, *tgt.suppress)]
+    n_own = len(ids)
+    for i in torch.argsort(gain, descending=True).tolist():
+        if len(ids) >= n_own + k:
+            break
+        if i not in ids:
+            ids.append(int(i))
+    return D[ids].float(), ids
+
+
+def solve_in_decoder_span(
+    model: LinearEffectModel,
+    W_dec: torch.Tensor,
+    target: Target | Mapping[int, float] | Sequence[int] | int,
+    k: int = 0,
+    **solve_kw: Any,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """``"targeted"`` within :func:`decoder_span`, never steering against a target latent.
+
+    The solution is a mix of the target latents' decoder rows (and ``k`` helper rows). While a
+    raise latent's row gets a negative weight (a suppress latent's, a positive one), the most
+    wrong one is dropped from the span and the problem solved again; if only one target row is
+    left and it still points the wrong way, the answer is that row, pointed the wanted way.
+    ``solve_kw`` goes to :func:`solve_with_info` (``mu``, ``lm``, ``max_disruption`` ...).
+    Returns the unit vector and the info of the last solve, plus ``span_ids`` and
+    ``span_weights`` (the vector's coefficients on those unit decoder rows) and ``dropped``.
+
+    On Gemma 3 270M this is what lets the solver use its effect model without leaving the
+    directions it was fitted on (``benchmarks/effect_model_targets.py``, the ``targeted_span``
+    row).
+    """
+    tgt = target if isinstance(target, Target) else Target.of(target)
+    rows, ids = decoder_span(model, W_dec, tgt, k)
+    sign = {int(i): 1.0 for i in tgt.raise_} | {int(i): -1.0 for i in tgt.suppress}
+    dropped: list[int] = []
+    while True:
+        v, info = solve_with_info(model, tgt, "targeted", within=rows, **solve_kw)
+        coef = torch.linalg.lstsq(rows.double().T, v.double()[:, None]).solution[:, 0]
+        signed = {j: sign[i] * float(coef[j]) for j, i in enumerate(ids) if i in sign}
+        worst = min(signed, key=lambda j: signed[j])
+        if signed[worst] >= 0:
+            break
+        if len(signed) == 1:  # the last target row, still the wrong way: that row, signed
+            j = worst
+            v = (sign[ids[j]] * rows[j] / rows[j].norm()).float()
+            rows, ids, coef = rows[j : j + 1], [ids[j]], torch.tensor([sign[ids[j]]])
+            info["predicted"] = predicted_stats(model, v, tgt)
+            break
+        dropped.append(ids[worst])  # the most wrong first: one at a time
+        keep = [j for j in range(len(ids)) if j != worst]
+        rows, ids = rows[keep], [ids[j] for j in keep]
+    info.update(span_ids=ids, span_weights=[float(c) for c in coef], dropped=dropped)
+    return v, info
+
+
 def _solve_targeted(
     model: LinearEffectModel,
     target: Target,
@@ -262,8 +366,13 @@ def _solve_targeted(
     min_target_fraction: float,
     z_of: Callable[[torch.Tensor], torch.Tensor] | None = None,
     max_disruption: float | None = None,
+    basis: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
+    # with a basis (orthonormal rows), plan in its coordinates: v = basis.T @ a, |v| = |a|
+    full = (lambda a: a) if basis is None else (lambda a: basis.T @ a)
     W = model.W.double().numpy()
+    if basis is not None:
+        W = basis @ W
     b = model.b.double().numpy()
     d_sae = W.shape[1]
     keep = np.ones(d_sae, dtype=bool)
@@ -294,7 +403,7 @@ def _solve_targeted(
             else:
                 ev, evec = np.linalg.eigh(mm * Q0 + nn * Fq)
                 v = _trust_region(lin - 2 * mm * cross, np.clip(ev, 0, None), evec)
-            vs.append(torch.as_tensor(v, dtype=torch.float32))
+            vs.append(torch.as_tensor(full(v), dtype=torch.float32))
         V = torch.stack(vs)
         zs = None
         if z_of is None:
@@ -323,6 +432,8 @@ def _solve_targeted(
     if not max_disruption > 0:
         raise ConfigError(f"max_disruption must be > 0 nats, got {max_disruption}")
     Fq = model.fisher.double().numpy()
+    if basis is not None:
+        Fq = basis @ Fq @ basis.T
     nu_scale = float(np.linalg.norm(lin)) / max(float(np.trace(Fq)) / Fq.shape[0], 1e-30)
     nus = [0.0, *list(np.logspace(-4, 4, 17))]
     tried: dict[int, dict[str, Any]] = {}
@@ -366,6 +477,7 @@ def solve_with_info(
     min_target_fraction: float = 0.5,
     lm: LanguageModel | None = None,
     max_disruption: float | None = None,
+    within: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Like :func:`solve`, and also a dict: ``method``, ``predicted`` stats, and the method's
     parameters (``lam`` for ``"sae_ts"``; ``mu``, ``mu_scale`` and the μ ``grid`` for
@@ -385,6 +497,9 @@ def solve_with_info(
         )
     if max_disruption is not None and method != "targeted":
         raise ConfigError(f"max_disruption is a constraint of 'targeted', not of {method!r}")
+    if within is not None and method != "targeted":
+        raise ConfigError(f"within is a constraint of 'targeted', not of {method!r}")
+    basis = None if within is None else _orthonormal_rows(within, model.d_model)
     info: dict[str, Any]
     if method == "sae_ts":
         v, info = _solve_sae_ts(model, t, lam), {"lam": lam}
@@ -392,8 +507,10 @@ def solve_with_info(
         v, info = _solve_pinv(model, t), {}
     elif method == "targeted":
         v, info = _solve_targeted(
-            model, tgt, t, mu, hold_weight, min_target_fraction, z_of, max_disruption
+            model, tgt, t, mu, hold_weight, min_target_fraction, z_of, max_disruption, basis
         )
+        if basis is not None:
+            info["within_rank"] = basis.shape[0]
     else:
         raise ConfigError(f"unknown method {method!r}; use 'sae_ts', 'pinv' or 'targeted'")
     if "predicted" in info:  # targeted's: already scored as above (with z when lm is given)
@@ -417,6 +534,7 @@ def solve(
     min_target_fraction: float = 0.5,
     lm: LanguageModel | None = None,
     max_disruption: float | None = None,
+    within: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """A unit steering direction ``[d_model]`` for ``target`` under the effect model.
 
@@ -442,12 +560,16 @@ def solve(
             ``z`` is measured (one forward pass per prompt and step); without, it is the
             second-order ``½ s² vᵀ F v``, which on Gemma 3 270M at 0.2 x the norm runs far
             low for solved vectors (0.014 predicted, 0.85 measured): pass ``lm``.
+        within: ``"targeted"`` only: rows ``[k, d_model]`` whose span the solution must lie in,
+            e.g. :func:`decoder_span`'s few decoder rows, so the solver stays where the effect
+            model was fitted instead of exploiting its errors elsewhere.
 
     :func:`solve_with_info` also returns the predicted statistics (and μ for ``"targeted"``).
     """
     v, _ = solve_with_info(
         model, target, method, lam=lam, mu=mu, hold_weight=hold_weight,
         min_target_fraction=min_target_fraction, lm=lm, max_disruption=max_disruption,
+        within=within,
     )  # fmt: skip
     return v
 

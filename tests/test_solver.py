@@ -149,3 +149,87 @@ def test_a_target_the_model_cannot_move_is_a_clear_error():
         with pytest.raises(ConfigError, match=r"no effect on the target features \[3\]"):
             solve(model, {3: 1.0}, method)  # type: ignore[arg-type]
     assert torch.isfinite(solve(model, {2: 1.0, 3: 1.0})).all()
+
+
+def test_targeted_within_a_span_is_the_exact_maximiser_there():
+    """``within=`` restricts the solution to a span; it is the best unit vector of that span."""
+    g = torch.Generator().manual_seed(4)
+    W, b = torch.randn(10, 30, generator=g), torch.randn(30, generator=g).abs()
+    model = LinearEffectModel(W, b)
+    tgt = Target.of({0: 1.0})
+    rows = torch.randn(3, 10, generator=g) * torch.tensor([[1.0], [5.0], [0.2]])  # not orthonormal
+    v, info = solve_with_info(model, tgt, "targeted", mu=1.0, within=rows)
+    assert info["within_rank"] == 3 and abs(float(v.norm()) - 1) < 1e-5
+    coef = torch.linalg.lstsq(rows.double().T, v.double()[:, None]).solution
+    assert torch.allclose(rows.double().T @ coef, v.double()[:, None], atol=1e-5)  # in the span
+    mm, wt = info["mu_scale"], torch.ones(30, dtype=torch.float64)
+    wt[0] = 0
+
+    def objective(x):
+        e = x.double() @ W.double() + b.double()
+        return float(e[0] - mm * (wt * e**2).sum())
+
+    best = objective(v)
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        x = torch.as_tensor(rng.normal(size=3)) @ rows.double()
+        assert objective(x / x.norm()) <= best + 1e-6
+    # one row: the solution is that row, pointed to raise the target
+    one = solve(model, tgt, "targeted", within=rows[:1])
+    assert torch.allclose(one.abs(), (rows[0] / rows[0].norm()).abs(), atol=1e-5)
+    assert float(one @ W[:, 0]) > 0
+
+
+def test_decoder_span_and_within_errors():
+    from sae_ts.errors import ConfigError
+    from sae_ts.solver import decoder_span
+
+    g = torch.Generator().manual_seed(5)
+    W = torch.randn(8, 20, generator=g)
+    model = LinearEffectModel(W, torch.zeros(20))
+    W_dec = torch.randn(20, 8, generator=g)
+    rows, ids = decoder_span(model, W_dec, {3: 1.0, 7: 1.0}, k=4)
+    assert ids[:2] == [3, 7] and len(ids) == 6 == len(set(ids))
+    gain = (W_dec / W_dec.norm(dim=1, keepdim=True)) @ (W @ Target.of({3: 1.0, 7: 1.0}).dense(20))
+    others = [i for i in torch.argsort(gain, descending=True).tolist() if i not in (3, 7)]
+    assert ids[2:] == others[:4]  # the rows the model predicts to move the target most
+    assert torch.allclose(rows.norm(dim=1), torch.ones(6), atol=1e-5)
+    assert torch.allclose(rows[0], W_dec[3] / W_dec[3].norm(), atol=1e-6)
+    with pytest.raises(ConfigError, match="W_dec must be"):
+        decoder_span(model, W_dec.T, {3: 1.0})
+    with pytest.raises(ConfigError, match=r"feature ids out of range"):
+        decoder_span(model, W_dec, {99: 1.0})
+    with pytest.raises(ConfigError, match=r"within must be \[k, d_model=8\]"):
+        solve(model, {3: 1.0}, within=torch.randn(2, 5))
+    with pytest.raises(ConfigError, match="finite"):
+        solve(model, {3: 1.0}, within=torch.full((2, 8), float("nan")))
+    with pytest.raises(ConfigError, match="within is a constraint of 'targeted'"):
+        solve(model, {3: 1.0}, "sae_ts", within=rows)
+
+
+def test_solve_in_decoder_span_never_steers_against_a_target_latent():
+    from sae_ts.solver import decoder_span, solve_in_decoder_span
+
+    checked = 0
+    for seed in range(60):
+        g = torch.Generator().manual_seed(seed)
+        W, b = torch.randn(12, 30, generator=g), torch.randn(30, generator=g).abs()
+        model = LinearEffectModel(W, b)
+        W_dec = torch.randn(30, 12, generator=g)
+        tgt = Target.of({0: 1.0, 1: 1.0, 2: 1.0}, suppress={5: 1.0})
+        rows, _ = decoder_span(model, W_dec, tgt, k=0)
+        plain = solve(model, tgt, within=rows)
+        coef = torch.linalg.lstsq(rows.double().T, plain.double()[:, None]).solution[:, 0]
+        if not ((coef[:3] < 0).any() or coef[3] > 0):
+            continue  # the plain solve already points every target row the wanted way
+        v, info = solve_in_decoder_span(model, W_dec, tgt)
+        assert info["dropped"] and abs(float(v.norm()) - 1) < 1e-5
+        for i, w in zip(info["span_ids"], info["span_weights"]):
+            assert (w >= -1e-9) if i != 5 else (w <= 1e-9), (seed, info)
+        assert set(info["span_ids"]) | set(info["dropped"]) == {0, 1, 2, 5}
+        back = sum(
+            w * W_dec[i] / W_dec[i].norm() for i, w in zip(info["span_ids"], info["span_weights"])
+        )
+        assert torch.allclose(back.float(), v, atol=1e-5)  # the weights reproduce the vector
+        checked += 1
+    assert checked >= 5

@@ -31,7 +31,8 @@ from ..effects import (
 from ..errors import ConfigError
 from ..evaluation import measure_vector
 from ..models import EMBEDDED_MODELS, embedded_spec
-from ..solver import Target, solve_with_info
+from ..sae import load_default_sae, load_sae
+from ..solver import Target, solve_in_decoder_span, solve_with_info
 from ..steering import SteeringVector
 from .common import (
     add_dataclass_args,
@@ -137,7 +138,16 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 def _cmd_solve(args: argparse.Namespace) -> int:
     em = load_effect_model(args.effect_model)
     target = target_from_args(args)
-    v, info = solve_with_info(em, target, args.method, lam=args.lam)
+    if args.in_decoder_span is None:
+        v, info = solve_with_info(em, target, args.method, lam=args.lam)
+    else:
+        if args.method != "targeted":
+            raise ConfigError("--in-decoder-span is a constraint of --method targeted")
+        sae = load_sae(args.sae) if args.sae else _embedded_sae_of(em.record.get("model", ""))
+        v, info = solve_in_decoder_span(em, sae.W_dec.detach().float().cpu(), target,
+                                        args.in_decoder_span)  # fmt: skip
+        print(f"decoder span: latents {info['span_ids']} weights "
+              f"{[round(w, 3) for w in info['span_weights']]} (dropped {info['dropped']})")  # fmt: skip
     sv = SteeringVector(
         v, hook_name=em.record.get("steer_hook", ""), model_name=em.record.get("model", ""),
         method=args.method, scale=1.0, target=target.to_dict(), sae=em.record.get("sae_hook"),
@@ -147,6 +157,18 @@ def _cmd_solve(args: argparse.Namespace) -> int:
     print(json.dumps({"method": args.method, "predicted": info["predicted"]}, indent=2))
     print(f"steering vector -> {stem}.safetensors (+ .json)")
     return 0
+
+
+def _embedded_sae_of(model_name: str) -> Any:
+    """The shipped SAE of the embedded model an effect model was measured on."""
+    try:
+        key = embedded_spec(model_name).key
+    except ConfigError as e:
+        raise ConfigError(
+            f"the effect model was measured on {model_name!r}, not an embedded model: "
+            "pass its SAE with --sae DIR"
+        ) from e
+    return load_default_sae(model=key)
 
 
 def _cmd_measure(args: argparse.Namespace) -> int:
@@ -238,6 +260,15 @@ def add_cli_commands(sub: Any) -> None:
     add_target_args(p)
     p.add_argument("--method", choices=["sae_ts", "pinv", "targeted"], default="targeted")
     p.add_argument("--lam", type=float, default=1.0, help="λ of the paper rule")
+    p.add_argument(
+        "--in-decoder-span", type=int, default=None, metavar="K",
+        help="targeted only: solve within the target latents' own decoder rows and K helper rows, "
+        "never against a target latent (solve_in_decoder_span; the demo uses K=0 on Gemma 3 270M)",
+    )  # fmt: skip
+    p.add_argument(
+        "--sae", default=None,
+        help="with --in-decoder-span: a sae-lens SAE directory (default: the embedded model's)",
+    )  # fmt: skip
     p.add_argument("--out", required=True)
     p.set_defaults(func=_cmd_solve)
 

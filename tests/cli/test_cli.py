@@ -200,6 +200,14 @@ def test_core_pipeline_end_to_end_on_the_real_model(tmp_path, capsys):
     assert "measured on 'SmolLM2-135M-Instruct', not on --model" in capsys.readouterr().err
     solve_d = ["--features", "1:1.0,2:0.5", "--out", str(tmp_path / "vd")]
     assert main(["solve", "--effect-model", str(tmp_path / "emd"), *solve_d]) == 0
+    # within the target latents' decoder rows (the embedded model's SAE, read from the record)
+    span = ["solve", "--effect-model", str(tmp_path / "emd"), *solve_d, "--in-decoder-span", "2"]
+    assert main(span) == 0
+    assert "decoder span: latents [" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "vd.json").read_text())
+    assert saved["target"]["raise"] == {"1": 1.0, "2": 0.5}
+    assert main([*span, "--method", "sae_ts"]) == 1
+    assert "--in-decoder-span is a constraint of --method targeted" in capsys.readouterr().err
     assert (
         main(
             [

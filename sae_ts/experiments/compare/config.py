@@ -14,10 +14,12 @@ from ...selection import SELECTORS
 
 __all__ = ["FULL_NORMS", "METHODS", "STEERED", "CompareConfig"]
 
-METHODS = ("caa", "sae", "sae_ts", "targeted", "fgaa", "prompt")
+METHODS = ("caa", "sae", "sae_ts", "targeted", "targeted_span", "fgaa", "prompt")
 """Every row the comparison can run: CAA; the SAE latent(s) (``sae``); the paper's rule
-(``sae_ts``) and sae-ts's solver (``targeted``) on the chosen targets; FGAA (the paper's rule on
-FGAA's own target); and the prompting baseline (the concept stated as an instruction)."""
+(``sae_ts``) and sae-ts's solver (``targeted``) on the chosen targets; the solver within the
+target latents' own decoder rows (``targeted_span``,
+:func:`~sae_ts.solver.solve_in_decoder_span`); FGAA (the paper's rule on FGAA's own target); and
+the prompting baseline (the concept stated as an instruction)."""
 STEERED = tuple(m for m in METHODS if m != "prompt")
 FULL_NORMS = tuple(round(0.08 * i, 2) for i in range(11))  # 0, 0.08, ..., 0.8
 

@@ -60,7 +60,14 @@ from ...judges.validation import judge_agreement
 from ...loading import Loaded, load_default
 from ...models import load_hf_model
 from ...selection import Selection, choose_targets
-from ...solver import Target, parse_feature_spec, predicted_stats, solve, target_stats
+from ...solver import (
+    Target,
+    parse_feature_spec,
+    predicted_stats,
+    solve,
+    solve_in_decoder_span,
+    target_stats,
+)
 from ...targets import LatentDensity, latent_density
 from ...types import LanguageModel, SAELike
 from .config import METHODS, STEERED, CompareConfig
@@ -122,7 +129,8 @@ def build_vectors(
 
     CAA is the mean difference of activations; ``sae`` the weighted decoder rows of ``target``'s
     raised latents; ``sae_ts`` (the paper's rule) and ``targeted`` solve for ``target`` with the
-    effect model; ``fgaa`` is the paper's rule on FGAA's own target (``fgaa_target``).
+    effect model, ``targeted_span`` within ``target``'s own decoder rows; ``fgaa`` is the paper's
+    rule on FGAA's own target (``fgaa_target``).
     """
     unknown = set(methods) - set(STEERED)
     if not methods:
@@ -142,6 +150,8 @@ def build_vectors(
                 if fgaa_target is None:
                     raise ConfigError("method 'fgaa' needs FGAA's target")
                 out[m] = solve(effect_model, fgaa_target, "sae_ts")
+            elif m == "targeted_span":
+                out[m] = solve_in_decoder_span(effect_model, sae.W_dec.detach().cpu(), target)[0]
             else:
                 out[m] = solve(effect_model, target, "sae_ts" if m == "sae_ts" else "targeted")
     return out
@@ -486,7 +496,10 @@ def run_comparison(
     cfg = CompareConfig.budget(budget, seed=seed, targets=targets)
     model, sae, hook = load_default(device=device, model=model_name, backend=backend)
     em, em_src = None, None
-    if any(m in ("sae_ts", "targeted", "fgaa") for m in methods) or targets == "effect":
+    if (
+        any(m in ("sae_ts", "targeted", "targeted_span", "fgaa") for m in methods)
+        or targets == "effect"
+    ):
         em, em_src = load_effect_model(effect_model_path, model_name)
         if em.d_model != model.cfg.d_model or em.d_sae != int(sae.cfg.d_sae):
             raise ConfigError(f"effect model {em_src} does not fit the model and SAE")
