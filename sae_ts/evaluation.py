@@ -39,6 +39,11 @@ class Measurement:
             if self.predicted is None
             else self.predicted["target_effect"],
             "predicted_cosine": self.predicted_cosine,
+            **(
+                {"next_token_kl": self.extra["next_token_kl"]}
+                if "next_token_kl" in self.extra
+                else {}
+            ),
         }
 
 
@@ -75,7 +80,9 @@ def measure_vector(
     )
     if effect_model is not None:
         if isinstance(effect_model, DisruptionEffectModel):  # measure z(v) with one forward pass
-            pred = effect_model.predict_measured(estimator.model, unit).to(effect)
+            z = effect_model.measure_z(estimator.model, unit[None].to(effect_model.W))
+            pred = effect_model.predict(unit[None].to(effect_model.W), z)[0].to(effect)
+            m.extra["next_token_kl"] = float(z[0])  # at the effect model's scale
         else:
             pred = effect_model.predict(unit)
         m.predicted = target_stats(pred, target)

@@ -280,7 +280,7 @@ def decoder_span(
     model: LinearEffectModel,
     W_dec: torch.Tensor,
     target: Target | Mapping[int, float] | Sequence[int] | int,
-    k: int = 16,
+    k: int = 0,
 ) -> tuple[torch.Tensor, list[int]]:
     """Decoder rows to pass as ``solve(..., within=...)``: the target's raise and suppress latents
     and the ``k`` latents whose own (unit) decoder row the effect model predicts to move the target

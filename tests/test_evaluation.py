@@ -49,3 +49,5 @@ def test_measure_vector_predicts_a_disruption_model_with_its_measured_z(tiny):
     assert m.predicted is not None
     assert abs(m.predicted["target_effect"] - want["target_effect"]) < 1e-5
     assert m.predicted != target_stats(em.predict(v), Target.of([1, 2]))  # not the linear part
+    assert abs(m.row()["next_token_kl"] - float(z[0])) < 1e-6  # reported beside the effect
+    assert "next_token_kl" not in measure_vector(est, v, 4.0, Target.of([1, 2])).row()

@@ -54,6 +54,18 @@ def test_verdict_is_honest_about_noise_and_the_latent():
     assert "next-token-KL" not in lines[0]
     rec = {"heldout_r2": 0.3, "n_vectors": 2304, "fit": {"method": "ridge_disruption"}}
     assert "measured next-token-KL term" in demo_verdict(_rows(0.3, 0.05), rec, 640)[0][0]
+    assert not any("text breaks" in x for x in lines)
+    # a disruption model's rows carry each vector's next-token KL: a broken text is flagged
+    rows = _rows(0.3, 0.05)
+    rows["sae_ts"]["next_token_kl"], rows["targeted"]["next_token_kl"] = 11.5, 0.4
+    lines, _ = demo_verdict(rows, rec, 640)
+    assert any(
+        x.startswith("sae_ts") and "KL is 11.5 nats" in x and "text breaks" in x for x in lines
+    )
+    assert not any(x.startswith("targeted") and "text breaks" in x for x in lines)
+    assert "next_token_kl" in format_table(rows) and "next_token_kl" not in format_table(
+        _rows(0.3, 0.05)
+    )
 
 
 def test_verdict_never_presents_a_negative_fit_and_flags_underdetermined_ones():
