@@ -42,6 +42,6 @@ def test_the_pipeline_runs_in_bfloat16(tmp_path, space_task):
         model, sae, HOOK, load_task(space_task), em, cfg=CompareConfig.budget("smoke", samples=4),
         embedder=load_embedder(), norm_unit=10.0,
     )  # fmt: skip
-    for row in ("unsteered", "caa", "sae", "sae_ts", "targeted", "fgaa", "prompt"):
+    for row in ("unsteered", "caa", "sae", "sae_ts", "targeted", "targeted_span", "fgaa", "prompt"):
         assert 0 <= rec[row]["score"] <= 1, row
     assert all(abs(rec[m]["effect"]["target_effect"]) < 1e6 for m in ("caa", "targeted"))

@@ -281,17 +281,26 @@ def test_compare_on_a_new_task_directory_end_to_end(tmp_path, capsys, monkeypatc
     assert r["fgaa"]["score"] == r["sae_ts"]["score"]
     build = set(r["roles"]["build"]["pos"] + r["roles"]["build"]["neg"])
     assert not build & set(r["roles"]["judge"]["pos"] + r["roles"]["judge"]["neg"])
-    for m in ("unsteered", "caa", "sae", "sae_ts", "targeted"):
+    for m in ("unsteered", "caa", "sae", "sae_ts", "targeted", "targeted_span"):
         e = r[m]
         assert 0 <= e["score"] <= 1 and e["ci"][0] <= e["score"] <= e["ci"][1]
         assert m == "unsteered" or "vs_unsteered" in e
-    for m in ("caa", "sae", "sae_ts", "targeted"):
+    for m in ("caa", "sae", "sae_ts", "targeted", "targeted_span"):
         assert 0 <= r[m]["effect"]["target_share"] <= 1 and r[m]["effect"]["norm_fraction"] > 0
     assert {"lm_criterion", "criterion_embedding"} <= set(r["validation"])
     assert doc["validation"]["lm_criterion"]["pooled"]["n"] == 4
     assert doc["config"]["norm_unit"] == pytest.approx(143.75, abs=0.01)
     assert doc["config"]["effect_model"].endswith("smollm2-135m-res12-effects")
-    assert set(doc["mean"]) == {"unsteered", "caa", "sae", "sae_ts", "targeted", "fgaa", "prompt"}
+    assert set(doc["mean"]) == {
+        "unsteered",
+        "caa",
+        "sae",
+        "sae_ts",
+        "targeted",
+        "targeted_span",
+        "fgaa",
+        "prompt",
+    }
     assert r["prompt"]["norm_fraction"] is None and "vs_caa" in r["prompt"]
     assert (out / "saets_space_sweep.png").exists() and (out / "differences.png").exists()
     table = (out / "table.md").read_text()

@@ -227,7 +227,7 @@ def test_compare_task_end_to_end_on_a_tiny_model(tiny, tmp_path, embedder, space
     assert rec["features_source"] == "override" and "contexts" in rec["features"][0]
     un = rec["unsteered"]
     assert un["norm_fraction"] == 0.0 and un["ci"][0] <= un["score"] <= un["ci"][1]
-    for m in ("caa", "sae", "sae_ts", "targeted", "fgaa"):
+    for m in ("caa", "sae", "sae_ts", "targeted", "targeted_span", "fgaa"):
         r = rec[m]
         assert 0 <= r["score"] <= 1 and r["ci"][0] <= r["score"] <= r["ci"][1]
         assert r["norm_fraction"] in r["curve"]["norm_fraction"]
@@ -251,7 +251,7 @@ def test_compare_task_end_to_end_on_a_tiny_model(tiny, tmp_path, embedder, space
     assert all(ex.startswith("I think") and "Always talk" not in ex for ex in p["examples"])
     # FGAA aims at its own weighted target; the others at the override
     assert rec["fgaa_target"]["raise"] and rec["selection"]["method"] == "override"
-    assert rec["tokens_generated"] == (1 + 5 * 2 + 1 + 1) * 6 * 6
+    assert rec["tokens_generated"] == (1 + 6 * 2 + 1 + 1) * 6 * 6
     assert (tmp_path / "out" / "saets_space_sweep.png").exists()
 
 
