@@ -26,10 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from sae_ts.artifacts import write_json_atomic
+from sae_ts.experiments.compare.config import SOLVED
 from sae_ts.experiments.compare.run import METHODS, load_task, run_comparison
 from sae_ts.selection import SELECTORS
 
-SAE_METHODS = ("sae", "sae_ts", "targeted", "targeted_span", "fgaa")
+SAE_METHODS = ("sae", *SOLVED)
 
 TASKS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "concepts" / "saets"
 

@@ -83,7 +83,7 @@ def task_vector(  # type: ignore[no-untyped-def]
         return caa_vector(model, task.pos, task.neg, hook)
     if name == "targeted_kl":
         return solve(em, target, "targeted", **kl)
-    v, info = solve_in_decoder_span(em, sae.W_dec.detach(), target, span_k, **kl)
+    v, info = solve_in_decoder_span(em, sae.W_dec, target, span_k, **kl)
     span_info.update({k: info[k] for k in ("span_ids", "span_weights", "dropped")})
     return v
 

@@ -288,7 +288,8 @@ def decoder_span(
 
     A solution in this span is a weighted mix of a few SAE latents: the kind of direction the
     effect model was fitted on (decoder rows), where its predictions hold better than on arbitrary
-    directions. Returns the rows ``[n, d_model]`` and their latent ids.
+    directions. ``W_dec`` is the SAE's ``[d_sae, d_model]`` decoder, on any device or dtype.
+    Returns the rows ``[n, d_model]`` (float32, CPU) and their latent ids.
     """
     tgt = target if isinstance(target, Target) else Target.of(target)
     if W_dec.ndim != 2 or tuple(W_dec.shape) != (model.d_sae, model.d_model):
@@ -299,7 +300,7 @@ def decoder_span(
     if k < 0:
         raise ConfigError(f"k must be >= 0, got {k}")
     tgt.validate(model.d_sae)
-    D = W_dec.double()
+    D = W_dec.detach().to("cpu", torch.float64)  # as the SAE holds it: any device or dtype
     D = D / D.norm(dim=1, keepdim=True).clamp_min(1e-30)
     gain = D @ (model.W.double() @ tgt.dense(model.d_sae).double())  # a · (d_i W) per latent
     ids = [int(i) for i in (*tgt.raise_, *tgt.suppress)]

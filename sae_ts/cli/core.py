@@ -144,8 +144,7 @@ def _cmd_solve(args: argparse.Namespace) -> int:
         if args.method != "targeted":
             raise ConfigError("--in-decoder-span is a constraint of --method targeted")
         sae = load_sae(args.sae) if args.sae else _embedded_sae_of(em.record.get("model", ""))
-        v, info = solve_in_decoder_span(em, sae.W_dec.detach().float().cpu(), target,
-                                        args.in_decoder_span)  # fmt: skip
+        v, info = solve_in_decoder_span(em, sae.W_dec, target, args.in_decoder_span)
         print(f"decoder span: latents {info['span_ids']} weights "
               f"{[round(w, 3) for w in info['span_weights']]} (dropped {info['dropped']})")  # fmt: skip
     sv = SteeringVector(

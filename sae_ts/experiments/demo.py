@@ -217,7 +217,7 @@ def run_demo(
     bounded = isinstance(em, DisruptionEffectModel) and em.fisher is not None
     if bounded:
         targeted = solve_in_decoder_span(
-            em, sae.W_dec.detach().cpu(), target, lm=model, max_disruption=DEMO_MAX_DISRUPTION
+            em, sae.W_dec, target, lm=model, max_disruption=DEMO_MAX_DISRUPTION
         )[0]
     else:
         targeted = solve(em, target, "targeted")

@@ -12,7 +12,7 @@ from typing import Any
 from ...errors import ConfigError
 from ...selection import SELECTORS
 
-__all__ = ["FULL_NORMS", "METHODS", "STEERED", "CompareConfig"]
+__all__ = ["FULL_NORMS", "METHODS", "SOLVED", "STEERED", "CompareConfig"]
 
 METHODS = ("caa", "sae", "sae_ts", "targeted", "targeted_span", "fgaa", "prompt")
 """Every row the comparison can run: CAA; the SAE latent(s) (``sae``); the paper's rule
@@ -21,6 +21,8 @@ target latents' own decoder rows (``targeted_span``,
 :func:`~sae_ts.solver.solve_in_decoder_span`); FGAA (the paper's rule on FGAA's own target); and
 the prompting baseline (the concept stated as an instruction)."""
 STEERED = tuple(m for m in METHODS if m != "prompt")
+SOLVED = ("sae_ts", "targeted", "targeted_span", "fgaa")
+"""The steered methods whose vector comes from the effect model."""
 FULL_NORMS = tuple(round(0.08 * i, 2) for i in range(11))  # 0, 0.08, ..., 0.8
 
 

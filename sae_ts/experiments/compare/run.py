@@ -70,7 +70,7 @@ from ...solver import (
 )
 from ...targets import LatentDensity, latent_density
 from ...types import LanguageModel, SAELike
-from .config import METHODS, STEERED, CompareConfig
+from .config import METHODS, SOLVED, STEERED, CompareConfig
 from .generation import Generations, instructed_prompt, paired_generations
 from .judges import (
     JudgeFactory,
@@ -151,7 +151,7 @@ def build_vectors(
                     raise ConfigError("method 'fgaa' needs FGAA's target")
                 out[m] = solve(effect_model, fgaa_target, "sae_ts")
             elif m == "targeted_span":
-                out[m] = solve_in_decoder_span(effect_model, sae.W_dec.detach().cpu(), target)[0]
+                out[m] = solve_in_decoder_span(effect_model, sae.W_dec, target)[0]
             else:
                 out[m] = solve(effect_model, target, "sae_ts" if m == "sae_ts" else "targeted")
     return out
@@ -496,10 +496,7 @@ def run_comparison(
     cfg = CompareConfig.budget(budget, seed=seed, targets=targets)
     model, sae, hook = load_default(device=device, model=model_name, backend=backend)
     em, em_src = None, None
-    if (
-        any(m in ("sae_ts", "targeted", "targeted_span", "fgaa") for m in methods)
-        or targets == "effect"
-    ):
+    if any(m in SOLVED for m in methods) or targets == "effect":
         em, em_src = load_effect_model(effect_model_path, model_name)
         if em.d_model != model.cfg.d_model or em.d_sae != int(sae.cfg.d_sae):
             raise ConfigError(f"effect model {em_src} does not fit the model and SAE")
