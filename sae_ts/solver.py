@@ -325,7 +325,8 @@ def solve_in_decoder_span(
     The solution is a mix of the target latents' decoder rows (and ``k`` helper rows). While a
     raise latent's row gets a negative weight (a suppress latent's, a positive one), the most
     wrong one is dropped from the span and the problem solved again; if only one target row is
-    left and it still points the wrong way, the answer is that row, pointed the wanted way.
+    left and it still points the wrong way, the answer is that row, pointed the wanted way
+    (the info then says ``fallback``, with the row's predicted stats only).
     ``solve_kw`` goes to :func:`solve_with_info` (``mu``, ``lm``, ``max_disruption`` ...).
     Returns the unit vector and the info of the last solve, plus ``span_ids`` and
     ``span_weights`` (the vector's coefficients on those unit decoder rows) and ``dropped``.
@@ -349,7 +350,9 @@ def solve_in_decoder_span(
             j = worst
             v = (sign[ids[j]] * rows[j] / rows[j].norm()).float()
             rows, ids, coef = rows[j : j + 1], [ids[j]], torch.tensor([sign[ids[j]]])
-            info["predicted"] = predicted_stats(model, v, tgt)
+            # the last solve's μ, ν and disruption describe another vector: not this row's
+            info = {"method": "targeted", "fallback": "the last target row, pointed the wanted way",
+                    "predicted": _predicted(model, v, tgt, solve_kw.get("lm"))}  # fmt: skip
             break
         dropped.append(ids[worst])  # the most wrong first: one at a time
         keep = [j for j in range(len(ids)) if j != worst]
@@ -516,12 +519,19 @@ def solve_with_info(
         raise ConfigError(f"unknown method {method!r}; use 'sae_ts', 'pinv' or 'targeted'")
     if "predicted" in info:  # targeted's: already scored as above (with z when lm is given)
         predicted = info.pop("predicted")
-    elif lm is not None and isinstance(model, DisruptionEffectModel):
-        predicted = target_stats(model.predict_measured(lm, v), tgt)
     else:
-        predicted = predicted_stats(model, v, tgt)
+        predicted = _predicted(model, v, tgt, lm)
     info = {"method": method, "predicted": predicted, **info}
     return v, info
+
+
+def _predicted(
+    model: LinearEffectModel, v: torch.Tensor, tgt: Target, lm: LanguageModel | None
+) -> dict[str, float]:
+    """The predicted stats of ``v``: with ``z(v)`` measured on ``lm`` for a disruption model."""
+    if lm is not None and isinstance(model, DisruptionEffectModel):
+        return target_stats(model.predict_measured(lm, v), tgt)
+    return predicted_stats(model, v, tgt)
 
 
 def solve(
