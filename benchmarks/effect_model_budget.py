@@ -14,6 +14,11 @@ one rollout per prompt, and the held-out directions measured twice, ``test_a`` /
 * gives the ceiling as a function of the rollouts per prompt (noise variance ∝ 1/rollouts,
   estimated from the two halves);
 * adds the ceiling against scale from protocol-probe JSON files, when given (``--probe``);
+* compares fit methods on the same held-out set (``--methods``): the measured terms of
+  ``ridge_disruption`` (next-token KL) and ``ridge_first_token`` (the first-token prior,
+  :mod:`sae_ts.first_token`; ``--prior-cache`` keeps it between runs) are measured on the
+  campaign's embedded model; for those two the R² of the linear part the solvers plan with is
+  reported beside (``linear_part``);
 * optionally saves the fit on all available training vectors (``--save-model``).
 
 Example::
@@ -43,6 +48,7 @@ from sae_ts.effect_model import (
     noise_ceiling,
 )
 from sae_ts.effects import EffectDataset
+from sae_ts.first_token import FirstTokenEffectModel, dataset_prior, prior_spec
 from sae_ts.loading import load_default
 from sae_ts.sae import load_default_sae
 from sae_ts.types import LanguageModel
@@ -187,6 +193,65 @@ def campaign_z(
     return z_tr, z_te, time.perf_counter() - t0
 
 
+def paired_differences(
+    preds: dict[tuple[str, int], torch.Tensor], methods: list[str], sizes: list[int],
+    y: torch.Tensor, groups: list[str], args: argparse.Namespace,
+) -> list[dict]:  # fmt: skip
+    """Held-out R² of each method minus the first method's, at each size, with a paired
+    bootstrap CI (both scored on the same resampled held-out directions)."""
+    rows = []
+    for m, n in ((m, n) for m in methods[1:] for n in sizes):
+        row: dict = {"method": m, "vs": methods[0], "n": n}
+        for g in ("all", "dec", "gauss"):
+            idx = [i for i in range(len(groups)) if g == "all" or groups[i] == g]
+
+            def diff(sample: list[int], idx: list[int] = idx, m: str = m, n: int = n) -> float:
+                j = [idx[i] for i in sample]
+                t = y[j].double()
+                sst = float(((t - t.mean(0)) ** 2).sum())
+                a = float(((preds[(m, n)][j] - t) ** 2).sum())
+                b = float(((preds[(methods[0], n)][j] - t) ** 2).sum())
+                return (b - a) / sst
+
+            row[g] = {"diff": diff(list(range(len(idx)))),
+                      "ci": bootstrap(diff, len(idx), args.bootstrap, args.seed)}  # fmt: skip
+        rows.append(row)
+        a = row["all"]
+        print(f"{m} − {methods[0]} n={n:5d}: R² {a['diff']:+.3f} [{a['ci'][0]:+.3f}, "
+              f"{a['ci'][1]:+.3f}]  gauss {row['gauss']['diff']:+.3f}", flush=True)  # fmt: skip
+    return rows
+
+
+def campaign_prior(
+    train: EffectDataset, ta: EffectDataset, cache: Path | None
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """:func:`sae_ts.first_token.dataset_prior` of the training vectors and of the held-out
+    directions, on the campaign's embedded model and its shipped SAE; kept in ``cache`` (a
+    safetensors file, with the campaign's fingerprint) when given, so a rerun skips it."""
+    from safetensors.torch import load_file, save_file
+
+    spec = json.dumps(prior_spec(train), sort_keys=True)  # a cache of other settings is stale
+    key = f"{train.record.get('inputs_fingerprint')}:{len(train)}:{ta.record.get('inputs_fingerprint')}:{spec}"
+    if cache is not None and cache.exists():
+        t = load_file(str(cache))
+        if t["key"].numpy().tobytes().decode() == key:
+            print(f"first-token prior from {cache}")
+            return t["train"], t["test"], {"seconds": float(t["seconds"]), "cache": _rel(cache)}
+        print(f"{cache} is for another campaign or size; measuring again")
+    loaded = load_default(model=train.record["model"])
+    t0 = time.perf_counter()
+    p_tr = dataset_prior(loaded.model, loaded.sae, train)
+    p_te = dataset_prior(loaded.model, loaded.sae, ta)
+    secs = time.perf_counter() - t0
+    print(f"first-token prior of {len(train) + len(ta)} vectors in {secs:.0f} s", flush=True)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"train": p_tr, "test": p_te, "seconds": torch.tensor(secs),
+                   "key": torch.frombuffer(bytearray(key.encode()), dtype=torch.uint8)},
+                  str(cache))  # fmt: skip
+    return p_tr, p_te, {"seconds": secs}
+
+
 def disruption_kl(
     ta: EffectDataset, tb: EffectDataset, groups: list[str], z_tr: torch.Tensor,
     z_te: torch.Tensor, secs: float,
@@ -243,6 +308,11 @@ def main() -> None:
         help="the model that measures z for the ridge_disruption method (default: the campaign's "
         "embedded model); also adds ridge_disruption to --methods",
     )  # fmt: skip
+    ap.add_argument(
+        "--prior-cache", type=Path, default=None,
+        help="a safetensors file that keeps the measured first-token prior (ridge_first_token) "
+        "between runs; measured again when it belongs to another campaign or size",
+    )  # fmt: skip
     ap.add_argument("--methods", default="ridge",
                     help=f"comma-separated fit methods to compare, from {','.join(FIT_METHODS)}")  # fmt: skip
     ap.add_argument(
@@ -295,24 +365,41 @@ def main() -> None:
         lm = load_default(model=args.disruption_kl or train.record["model"]).model
         z_tr, z_te, secs = campaign_z(train, ta, lm)
         out["disruption_kl"] = disruption_kl(ta, tb, groups, z_tr, z_te, secs)
+    p_tr = p_te = None
+    if "ridge_first_token" in methods or args.save_method == "ridge_first_token":
+        p_tr, p_te, out["first_token"] = campaign_prior(train, ta, args.prior_cache)
+
+    def measured(method: str, n: int | None) -> tuple[dict, dict]:
+        """The fit's and the held-out evaluation's measured inputs for ``method``."""
+        if method == "ridge_disruption":
+            assert z_tr is not None and z_te is not None
+            return {"disruption": z_tr[:n]}, {"disruption": z_te}
+        if method == "ridge_first_token":
+            assert p_tr is not None and p_te is not None
+            return {"prior": p_tr[:n]}, {"prior": p_te}
+        return {}, {}
+
+    preds: dict[tuple[str, int], torch.Tensor] = {}  # held-out predictions, for paired CIs
     for method, n in ((m, n) for m in methods for n in sizes):
         sub = train.head(n)
-        zkw = {"disruption": z_tr[:n]} if method == "ridge_disruption" else {}
-        ekw = {"disruption": z_te} if method == "ridge_disruption" else {}
+        zkw, ekw = measured(method, n)
         # the fit's own split picks its strength; the real test is the separate held-out set
         em, rep = fit(sub, method, holdout=max(1, n // 10), seed=args.seed, **zkw)
         ev = evaluate_heldout(em, ta, tb, groups, features, **ekw)
         own = evaluate_heldout(em, ta_own, tb_own, groups, **ekw)  # each test run's own baseline
+        lin = evaluate_heldout(em, ta, tb, groups) if ekw else ev  # what the solvers plan with
         row = {"method": method, "n": n, "alpha": rep.alpha, **{g: v for g, v in ev.items()},
                "own_baselines": {g: {"r2": v["r2"], "ceiling": v["ceiling"]}
-                                 for g, v in own.items()}}  # fmt: skip
+                                 for g, v in own.items()},
+               "linear_part": {g: v["r2"] for g, v in lin.items()}}  # fmt: skip
         for g in ("all", "dec", "gauss"):
             idx = [i for i in range(len(ta)) if g == "all" or groups[i] == g]
 
             def r2_of(sample: list[int], idx: list[int] = idx, em=em, ekw=ekw) -> float:
                 j = [idx[i] for i in sample]
                 x = ta.inputs[j].float()
-                pred = (em.predict(x, ekw["disruption"][j]) if ekw else em.predict(x)).double()
+                extra = [v[j] for v in ekw.values()]  # the measured input, if the method has one
+                pred = em.predict(x, *extra).double()
                 t = y[j].double()
                 return 1 - float(((pred - t) ** 2).sum()) / float(((t - t.mean(0)) ** 2).sum())
 
@@ -323,13 +410,15 @@ def main() -> None:
             row[g]["r2_ci"] = bootstrap(r2_of, len(idx), args.bootstrap, args.seed)
             row[g]["ceiling_ci"] = bootstrap(ceil_of, len(idx), args.bootstrap, args.seed)
         out["fits"].append(row)
+        preds[(method, n)] = em.predict(ta.inputs.float(), *ekw.values()).double()
         a = row["all"]
         print(
             f"{method:18s} n={n:5d}  R² {a['r2']:+.3f} [{a['r2_ci'][0]:+.3f}, {a['r2_ci'][1]:+.3f}]  ceiling "
             f"{a['ceiling']:.3f}  R²/ceiling {a['r2_over_ceiling']:.2f}  cos(vW, y-b) "
             f"{a['cosine_minus_b']:.3f}  | dec R² {row['dec']['r2']:+.3f} gauss R² "
             f"{row['gauss']['r2']:+.3f}  (own test baselines: R² {own['all']['r2']:+.3f}, "
-            f"gauss {own['gauss']['r2']:+.3f})",
+            f"gauss {own['gauss']['r2']:+.3f})"
+            + (f"  linear part R² {lin['all']['r2']:+.3f}" if ekw else ""),
             flush=True,
         )
         if features:
@@ -339,6 +428,8 @@ def main() -> None:
                 f"{row['gauss']['r2_features']:+.3f}",
                 flush=True,
             )
+    if len(methods) > 1:
+        out["paired"] = paired_differences(preds, methods, sizes, y, groups, args)
     if args.decoder_likeness:
         out["decoder_likeness"] = decoder_likeness(
             train, ta, tb, groups, sizes, args.decoder_likeness, args.seed
@@ -363,8 +454,7 @@ def main() -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=1))
     if args.save_model:
-        zkw = {"disruption": z_tr} if args.save_method == "ridge_disruption" else {}
-        ekw = {"disruption": z_te} if zkw else {}
+        zkw, ekw = measured(args.save_method, None)
         em, rep = fit(train, args.save_method, max(1, len(train) // 10), args.seed, **zkw)
         ev = evaluate_heldout(em, ta, tb, groups, features, **ekw)
         em.record["heldout"] = ev
@@ -383,6 +473,8 @@ def main() -> None:
             command="python benchmarks/effect_model_budget.py " + " ".join(sys.argv[1:]),
         )
         em.W, em.b = em.W.half(), em.b.half()
+        if isinstance(em, FirstTokenEffectModel):  # the prior's part, half size as W
+            em.W_direct, em.M, em.basis = em.W_direct.half(), em.M.half(), em.basis.half()
         if isinstance(em, DisruptionEffectModel):  # F stays float32: its entries are ~1e-8
             em.M = em.M.half()
             em.attach_fisher(lm)
@@ -396,8 +488,9 @@ def plot(out: dict, path: Path) -> None:
     from matplotlib.figure import Figure
     from matplotlib.ticker import NullFormatter
 
-    fig = Figure(figsize=(13, 4))
-    ax = fig.add_subplot(1, 3, 1)
+    panels = 3 if out.get("probe") else 2  # the scale probe's panel only with --probe
+    fig = Figure(figsize=(13 if panels == 3 else 9, 4))
+    ax = fig.add_subplot(1, panels, 1)
     methods = list(dict.fromkeys(f.get("method", "ridge") for f in out["fits"]))
     for k, method in enumerate(methods):
         fits = [f for f in out["fits"] if f.get("method", "ridge") == method]
@@ -430,7 +523,7 @@ def plot(out: dict, path: Path) -> None:
     ax.set_title(f"fit vs budget (scale {out['scale']:.0f})")
     ax.set_ylim(top=1.35)  # room for the legend above the curves
     ax.legend(fontsize=6, ncol=2, loc="upper left")
-    ax = fig.add_subplot(1, 3, 2)
+    ax = fig.add_subplot(1, panels, 2)
     for g, c in (("all", "k"), ("dec", "tab:blue"), ("gauss", "tab:orange")):
         d = out["ceiling_vs_rollouts"][g]
         ax.plot([int(k) for k in d], list(d.values()), "o-", color=c, label=g)
@@ -439,15 +532,18 @@ def plot(out: dict, path: Path) -> None:
     ax.set_ylabel("noise ceiling (R² of true effects)")
     ax.set_title("ceiling vs rollouts")
     ax.legend(fontsize=7)
-    ax = fig.add_subplot(1, 3, 3)
-    protos = sorted({r["protocol"] for r in out["probe"]})
-    for p in protos:
-        rows = sorted((r for r in out["probe"] if r["protocol"] == p), key=lambda r: r["fraction"])
-        ax.plot([r["fraction"] for r in rows], [r["split_half_r2"] for r in rows], "o-", label=p)
-    ax.set_xlabel("scale / per-token residual norm")
-    ax.set_ylabel("split-half R² (2 rollouts per half)")
-    ax.set_title("reliability vs scale (probe)")
-    if protos:
+    if panels == 3:
+        ax = fig.add_subplot(1, panels, 3)
+        protos = sorted({r["protocol"] for r in out["probe"]})
+        for p in protos:
+            rows = sorted((r for r in out["probe"] if r["protocol"] == p),
+                          key=lambda r: r["fraction"])  # fmt: skip
+            ax.plot(
+                [r["fraction"] for r in rows], [r["split_half_r2"] for r in rows], "o-", label=p
+            )
+        ax.set_xlabel("scale / per-token residual norm")
+        ax.set_ylabel("split-half R² (2 rollouts per half)")
+        ax.set_title("reliability vs scale (probe)")
         ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,22 @@ from .types import LanguageModel
 __all__ = ["disruption_features", "next_token_fisher", "next_token_kl"]
 
 
+def _checked(
+    model: LanguageModel, vectors: torch.Tensor, prompts: Sequence[str], who: str
+) -> list[str]:
+    """The non-empty prompts, after checking ``vectors`` is a finite ``[n, d_model]``."""
+    prompts = [p for p in prompts if p]
+    if not prompts:
+        raise ConfigError(f"{who} needs at least one non-empty prompt")
+    if vectors.ndim != 2 or vectors.shape[1] != model.cfg.d_model:
+        raise ConfigError(
+            f"vectors must be [n, d_model={model.cfg.d_model}], got {tuple(vectors.shape)}"
+        )
+    if not torch.isfinite(vectors).all():
+        raise ConfigError("vectors contain NaN or inf")
+    return prompts
+
+
 def _last_logits(model: LanguageModel, toks: torch.Tensor) -> torch.Tensor:
     if is_bridge(model):
         return model(toks)[:, -1]
@@ -62,15 +78,7 @@ def next_token_kl(
     Empty prompts are dropped: the steering hook never steers the document-start sink, so a bare
     ``<bos>`` prompt has nothing to measure.
     """
-    prompts = [p for p in prompts if p]
-    if not prompts:
-        raise ConfigError("next_token_kl needs at least one non-empty prompt")
-    if vectors.ndim != 2 or vectors.shape[1] != model.cfg.d_model:
-        raise ConfigError(
-            f"vectors must be [n, d_model={model.cfg.d_model}], got {tuple(vectors.shape)}"
-        )
-    if not torch.isfinite(vectors).all():
-        raise ConfigError("vectors contain NaN or inf")
+    prompts = _checked(model, vectors, prompts, "next_token_kl")
     toks = [to_tokens(model, [p]) for p in prompts]  # one row per prompt, tokenised once
     base = [_last_logprobs(model, t) for t in toks]
     out = []

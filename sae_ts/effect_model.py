@@ -2,7 +2,8 @@
 
 Fits on the same :class:`~sae_ts.effects.EffectDataset`, behind one entry point, :func:`fit`
 (``method=``; ``ridge_per_feature`` and ``ridge_disruption``, which adds a measured disruption
-term, are described in their functions and in :mod:`sae_ts.disruption`):
+term, are described in their functions and in :mod:`sae_ts.disruption`; ``ridge_first_token``,
+which adds the measured first-token prior, in :mod:`sae_ts.first_token`):
 
 * :func:`fit_ridge` (default): closed-form ridge regression through one SVD per fold
   (``torch.linalg.svd``), the ridge strength chosen by k-fold cross-validation on the training part;
@@ -260,11 +261,15 @@ def fit_ridge_per_feature(
     return LinearEffectModel(W.float(), b.float(), _record(ds, report)), report
 
 
-FitMethod: TypeAlias = Literal["ridge", "ridge_per_feature", "adam", "ridge_disruption"]
+FitMethod: TypeAlias = Literal[
+    "ridge", "ridge_per_feature", "adam", "ridge_disruption", "ridge_first_token"
+]
 """Effect-model fits: CV ridge (the shipped model), ridge with a LOO strength per feature, or
 the paper's Adam recipe."""
 
-FIT_METHODS: tuple[FitMethod, ...] = ("ridge", "ridge_per_feature", "adam", "ridge_disruption")
+FIT_METHODS: tuple[FitMethod, ...] = (
+    "ridge", "ridge_per_feature", "adam", "ridge_disruption", "ridge_first_token"
+)  # fmt: skip
 
 
 def fit(
@@ -274,14 +279,30 @@ def fit(
     seed: int = 0,
     *,
     disruption: torch.Tensor | None = None,
+    prior: torch.Tensor | None = None,
 ) -> tuple[LinearEffectModel, FitReport]:
     """Fit an effect model by ``method`` (see :data:`FIT_METHODS`). Every method returns a
     :class:`LinearEffectModel` (``ridge_disruption`` its subclass
-    :class:`DisruptionEffectModel`), so the solvers work with each.
+    :class:`DisruptionEffectModel`, ``ridge_first_token``
+    :class:`~sae_ts.first_token.FirstTokenEffectModel`), so the solvers work with each.
 
     ``ridge_disruption`` needs ``disruption``: :func:`sae_ts.disruption.next_token_kl` of each
     vector of ``ds`` at the campaign's scale (``sae-ts fit --method ridge_disruption`` measures it).
+    ``ridge_first_token`` needs ``prior``: :func:`sae_ts.first_token.dataset_prior` of ``ds``.
     """
+    if method == "ridge_first_token":
+        if prior is None:
+            raise ConfigError(
+                "method 'ridge_first_token' needs prior=sae_ts.first_token.dataset_prior(model, "
+                "sae, ds) for the dataset's vectors"
+            )
+        if disruption is not None:
+            raise ConfigError("method 'ridge_first_token' takes no disruption measure")
+        from .first_token import fit_ridge_first_token
+
+        return fit_ridge_first_token(ds, prior, holdout=holdout, seed=seed)
+    if prior is not None:
+        raise ConfigError(f"method {method!r} takes no first-token prior")
     if method == "ridge_disruption":
         if disruption is None:
             raise ConfigError(
@@ -518,8 +539,9 @@ def load_default_effect_model(model: str = "smollm2-135m") -> LinearEffectModel:
 
     Fitted on the effects measured by the model's effect campaign (its record says how many
     vectors, rollouts, which scale and which fit method); see the README. SmolLM2's is a
-    :class:`LinearEffectModel` (closed-form ridge); Gemma's, where it is shipped, a
-    :class:`DisruptionEffectModel` (ridge plus a measured next-token-KL term).
+    :class:`~sae_ts.first_token.FirstTokenEffectModel` (ridge plus the measured first-token prior;
+    its linear part is plain ridge); Gemma's a :class:`DisruptionEffectModel` (ridge plus a
+    measured next-token-KL term).
     """
     if model not in EMBEDDED_EFFECT_MODELS:
         raise ConfigError(
@@ -553,8 +575,8 @@ def shipped_fit_method(model: str) -> FitMethod:
 
 def load_effect_model(path: str | Path) -> LinearEffectModel:
     """A saved effect model of any fit method (safetensors + JSON record), in float32: a
-    :class:`LinearEffectModel`, or a :class:`DisruptionEffectModel` for
-    ``ridge_disruption``."""
+    :class:`LinearEffectModel`, a :class:`DisruptionEffectModel` for ``ridge_disruption``, or a
+    :class:`~sae_ts.first_token.FirstTokenEffectModel` for ``ridge_first_token``."""
     json_path = artifact_paths(path)[1]
     kind = None
     if json_path.exists():
@@ -564,6 +586,10 @@ def load_effect_model(path: str | Path) -> LinearEffectModel:
             kind = None  # load_artifact below names the damage
     if kind == DISRUPTION_KIND:
         return DisruptionEffectModel.load(path)
+    from .first_token import FIRST_TOKEN_KIND, FirstTokenEffectModel
+
+    if kind == FIRST_TOKEN_KIND:
+        return FirstTokenEffectModel.load(path)
     em = LinearEffectModel.load(path)
     return LinearEffectModel(em.W.float(), em.b.float(), em.record)
 
@@ -692,6 +718,7 @@ def evaluate_heldout(
     features: list[int] | None = None,
     baseline: torch.Tensor | None = None,
     disruption: torch.Tensor | None = None,
+    prior: torch.Tensor | None = None,
 ) -> dict[str, dict[str, float]]:
     """Held-out fit of ``model`` next to its noise ceiling, overall and per group of vectors.
 
@@ -708,7 +735,8 @@ def evaluate_heldout(
     With ``features``, ``r2`` and ``ceiling`` are also given on those latents only
     (``r2_features``, ``ceiling_features``): the latents that targets use. ``disruption``: for a
     :class:`DisruptionEffectModel`, the measured ``z`` of each held-out
-    direction (the model predicts with it).
+    direction (the model predicts with it); ``prior``, likewise, the measured first-token prior
+    of each held-out direction for a :class:`~sae_ts.first_token.FirstTokenEffectModel`.
     """
     if not torch.allclose(test_a.inputs, test_b.inputs, atol=1e-3):
         raise ValueError("test_a and test_b must measure the same directions, in the same order")
@@ -720,7 +748,13 @@ def evaluate_heldout(
         raise ValueError(f"{len(labels)} group labels for {n} test vectors")
     x = test_a.inputs.float()
     y = (test_a.effects.float() + test_b.effects.float()) / 2
-    if disruption is None:
+    if prior is not None:
+        from .first_token import FirstTokenEffectModel
+
+        if not isinstance(model, FirstTokenEffectModel) or disruption is not None:
+            raise ConfigError("prior= is the measured prior of a FirstTokenEffectModel")
+        pred = model.predict(x, prior)
+    elif disruption is None:
         pred = model.predict(x)
     else:
         if not isinstance(model, DisruptionEffectModel):

@@ -10,6 +10,7 @@ import torch
 from .effect_model import DisruptionEffectModel, LinearEffectModel
 from .effects import EffectEstimator
 from .errors import ConfigError
+from .first_token import FirstTokenEffectModel
 from .solver import Target, target_stats
 
 __all__ = ["Measurement", "measure_vector"]
@@ -83,6 +84,10 @@ def measure_vector(
             z = effect_model.measure_z(estimator.model, unit[None].to(effect_model.W))
             pred = effect_model.predict(unit[None].to(effect_model.W), z)[0].to(effect)
             m.extra["next_token_kl"] = float(z[0])  # at the effect model's scale
+        elif isinstance(effect_model, FirstTokenEffectModel):  # the prior: one forward pass
+            u = unit[None].to(effect_model.W)
+            prior = effect_model.measure_prior(estimator.model, estimator.sae, u)
+            pred = effect_model.predict(u, prior)[0].to(effect)
         else:
             pred = effect_model.predict(unit)
         m.predicted = target_stats(pred, target)

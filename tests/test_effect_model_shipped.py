@@ -45,6 +45,32 @@ def test_shipped_effect_model_matches_its_sae_and_beats_the_mean(model: str) -> 
         assert float(torch.linalg.eigvalsh(em.fisher.double()).min()) > -1e-9
 
 
+def test_smollm2_effect_model_predicts_with_its_measured_first_token_prior(real_model) -> None:
+    """The shipped SmolLM2 model is the first-token model: its linear part (what the solvers use)
+    is plain ridge, and with the prior measured on the real model it predicts a decoder row's
+    effect closer than its linear part does on the committed held-out directions."""
+    from pathlib import Path
+
+    from sae_ts.effects import EffectDataset
+    from sae_ts.first_token import FirstTokenEffectModel
+
+    em = load_default_effect_model("smollm2-135m")
+    assert isinstance(em, FirstTokenEffectModel)
+    spec = em.record["first_token"]
+    assert spec["hook"] == em.record["steer_hook"] and spec["top_p"] is None
+    assert spec["scale"] == pytest.approx(em.record["scale"])
+    data = Path(__file__).resolve().parents[1] / "data" / "effects"
+    ta = EffectDataset.load_dir(data / "test_a")
+    tb = EffectDataset.load_dir(data / "test_b")
+    train_base = EffectDataset.load_dir(data / "train").baseline
+    y = ((ta.rebase(train_base).effects + tb.rebase(train_base).effects) / 2)[:8]
+    v = ta.inputs[:8].float()
+    full = em.predict_measured(real_model, load_default_sae(), v)
+    err_full = float(((full - y) ** 2).sum())
+    err_lin = float(((em.predict(v) - y) ** 2).sum())
+    assert err_full < err_lin, (err_full, err_lin)
+
+
 def test_unknown_model_has_no_effect_model() -> None:
     with pytest.raises(ConfigError, match="no effect model is shipped"):
         load_default_effect_model("gpt2")

@@ -51,3 +51,29 @@ def test_measure_vector_predicts_a_disruption_model_with_its_measured_z(tiny):
     assert m.predicted != target_stats(em.predict(v), Target.of([1, 2]))  # not the linear part
     assert abs(m.row()["next_token_kl"] - float(z[0])) < 1e-6  # reported beside the effect
     assert "next_token_kl" not in measure_vector(est, v, 4.0, Target.of([1, 2])).row()
+
+
+def test_measure_vector_predicts_a_first_token_model_with_its_measured_prior(tiny):
+    from sae_ts.first_token import FirstTokenEffectModel, first_token_prior
+    from sae_ts.solver import target_stats
+
+    sae = tiny_sae(tiny.cfg.d_model, HOOK, d_sae=16)
+    est = EffectEstimator(tiny, sae, config=CFG, seed=0)
+    v = random_directions(1, tiny.cfg.d_model, seed=2)[0]
+    g = torch.Generator().manual_seed(0)
+    spec = {"hook": HOOK, "scale": 4.0, "prompts": ["I think"], "temperature": 1.0,
+            "top_k": 8, "top_p": None}  # fmt: skip
+    d = tiny.cfg.d_model
+    W = torch.randn(d, 16, generator=g) * 0.01
+    em = FirstTokenEffectModel(
+        W, torch.zeros(16), {"first_token": spec}, W_direct=W * 0.5, b_direct=torch.zeros(16),
+        basis=torch.randn(16, 3, generator=g), mean=torch.zeros(16),
+        M=torch.randn(3, 16, generator=g),
+    )  # fmt: skip
+    m = measure_vector(est, v, 4.0, Target.of([1, 2]), effect_model=em)
+    prior = first_token_prior(tiny, sae, HOOK, v[None], 4.0, ["I think"], top_k=8, progress=False)
+    assert prior.abs().sum() > 0
+    want = target_stats(em.predict(v[None], prior)[0], Target.of([1, 2]))
+    assert m.predicted is not None
+    assert abs(m.predicted["target_effect"] - want["target_effect"]) < 1e-5
+    assert m.predicted != target_stats(em.predict(v), Target.of([1, 2]))  # not the linear part

@@ -30,6 +30,8 @@ from ..effects import (
 )
 from ..errors import ConfigError
 from ..evaluation import measure_vector
+from ..first_token import dataset_prior
+from ..loading import Loaded
 from ..models import EMBEDDED_MODELS, embedded_spec
 from ..sae import load_default_sae, load_sae
 from ..solver import Target, solve_in_decoder_span, solve_with_info
@@ -94,9 +96,9 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _disruption_of(ds: EffectDataset, args: argparse.Namespace) -> torch.Tensor:
-    """next_token_kl of every vector of ``ds``, on the campaign's model (loaded from the record
-    when --model is not given) at the campaign's hook, scale and prompts."""
+def _campaign_loaded(ds: EffectDataset, args: argparse.Namespace) -> Loaded:
+    """The campaign's model and SAE (loaded from the record when --model is not given), for
+    a fit method that measures something on them."""
 
     def key(name: str) -> str:  # an embedded model's key from its key, name or hub name
         try:
@@ -111,9 +113,26 @@ def _disruption_of(ds: EffectDataset, args: argparse.Namespace) -> torch.Tensor:
         raise ConfigError(
             f"the effects were measured on {measured!r}, not on --model {args.model!r}"
         )
-    model, _, _ = load_from_args(args)
-    print(f"measuring the next-token KL of {len(ds)} vectors at scale {float(ds.scales[0]):.4g}")
-    return dataset_disruption(model, ds)
+    return load_from_args(args)
+
+
+def _measured_of(ds: EffectDataset, args: argparse.Namespace) -> dict[str, torch.Tensor]:
+    """What the fit method measures on the campaign's model at the campaign's hook, scale and
+    prompts: ``disruption`` (next-token KL) or ``prior`` (the first-token prior); nothing for the
+    other methods."""
+    if args.method == "ridge_disruption":
+        model = _campaign_loaded(ds, args).model
+        print(
+            f"measuring the next-token KL of {len(ds)} vectors at scale {float(ds.scales[0]):.4g}"
+        )
+        return {"disruption": dataset_disruption(model, ds)}
+    if args.method == "ridge_first_token":
+        loaded = _campaign_loaded(ds, args)
+        print(
+            f"measuring the first-token prior of {len(ds)} vectors at scale {float(ds.scales[0]):.4g}"
+        )
+        return {"prior": dataset_prior(loaded.model, loaded.sae, ds)}
+    return {}
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
@@ -127,8 +146,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     if args.method is None:  # the method of the model shipped for the campaign's model
         args.method = shipped_fit_method(str(ds.record.get("model", "")))
         print(f"fit method {args.method} (the shipped effect model's for this model)")
-    z = _disruption_of(ds, args) if args.method == "ridge_disruption" else None
-    model, rep = fit(ds, method=args.method, holdout=args.holdout, seed=args.seed, disruption=z)
+    extra = _measured_of(ds, args)
+    model, rep = fit(ds, method=args.method, holdout=args.holdout, seed=args.seed, **extra)
     stem = model.save(args.out)
     print(rep)
     print(f"effect model -> {stem}.safetensors (+ .json)")
@@ -239,8 +258,9 @@ def add_cli_commands(sub: Any) -> None:
         choices=list(FIT_METHODS),
         default=None,
         help="ridge (CV strength), ridge_per_feature (a LOO strength per feature), adam (the "
-        "paper's fit) or ridge_disruption (ridge plus a measured next-token-KL term; loads the "
-        "campaign's model to measure it). Default: the method of the effect model shipped for "
+        "paper's fit), ridge_disruption (ridge plus a measured next-token-KL term) or "
+        "ridge_first_token (ridge plus the measured first-token prior); the last two load the "
+        "campaign's model (and SAE) to measure their term. Default: the method of the effect model shipped for "
         "the campaign's model (ridge for smollm2-135m and for hub models)",
     )
     add_model_args(p)

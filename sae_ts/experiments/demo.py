@@ -146,9 +146,11 @@ def demo_verdict(
         lines.append(f"effect model: {fig}: it does not predict; predictions are not shown.")
     else:
         method = record.get("fit", {}).get("method", "ridge")
-        how = (
-            " (ridge plus the measured next-token-KL term)" if method == "ridge_disruption" else ""
-        )
+        how = {
+            "ridge_disruption": " (ridge plus the measured next-token-KL term)",
+            "ridge_first_token": " (ridge plus the measured first-token prior; the solvers plan "
+            "with its linear part, plain ridge)",
+        }.get(method, "")
         lines.append(f"effect model: {fig} on {n} vectors{how}.")
     noise = abs(rows["unsteered"]["target_effect"])
     latent = rows["sae_latent"]["target_share"]

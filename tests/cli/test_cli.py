@@ -198,6 +198,12 @@ def test_core_pipeline_end_to_end_on_the_real_model(tmp_path, capsys):
     assert rec["kind"] == "disruption_effect_model" and rec["disruption"]["prompts"] == ["I think"]
     assert main(["fit", "--effects", str(fx), *emd, "--model", "gemma-3-270m"]) == 1
     assert "measured on 'SmolLM2-135M-Instruct', not on --model" in capsys.readouterr().err
+    # the first-token prior: the CLI loads the campaign's model and SAE to measure it
+    emf = ["--out", str(tmp_path / "emf"), "--holdout", "3", "--method", "ridge_first_token"]
+    assert main(["fit", "--effects", str(fx), *emf]) == 0
+    assert "first-token prior of 12 vectors" in capsys.readouterr().out
+    rec = json.loads((tmp_path / "emf.json").read_text())
+    assert rec["kind"] == "first_token_effect_model" and rec["first_token"]["top_k"] is not None
     solve_d = ["--features", "1:1.0,2:0.5", "--out", str(tmp_path / "vd")]
     assert main(["solve", "--effect-model", str(tmp_path / "emd"), *solve_d]) == 0
     # within the target latents' decoder rows (the embedded model's SAE, read from the record)
