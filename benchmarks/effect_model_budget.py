@@ -41,14 +41,16 @@ import torch
 from sae_ts.effect_model import (
     FIT_METHODS,
     DisruptionEffectModel,
+    FirstTokenEffectModel,
     dataset_disruption,
+    dataset_prior,
     evaluate_heldout,
     fit,
     fit_ridge,
     noise_ceiling,
+    prior_spec,
 )
 from sae_ts.effects import EffectDataset
-from sae_ts.first_token import FirstTokenEffectModel, dataset_prior, prior_spec
 from sae_ts.loading import load_default
 from sae_ts.sae import load_default_sae
 from sae_ts.types import LanguageModel
@@ -225,7 +227,7 @@ def paired_differences(
 def campaign_prior(
     train: EffectDataset, ta: EffectDataset, cache: Path | None
 ) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """:func:`sae_ts.first_token.dataset_prior` of the training vectors and of the held-out
+    """:func:`sae_ts.effect_model.dataset_prior` of the training vectors and of the held-out
     directions, on the campaign's embedded model and its shipped SAE; kept in ``cache`` (a
     safetensors file, with the campaign's fingerprint) when given, so a rerun skips it."""
     from safetensors.torch import load_file, save_file

@@ -3,7 +3,8 @@
 Fits on the same :class:`~sae_ts.effects.EffectDataset`, behind one entry point, :func:`fit`
 (``method=``; ``ridge_per_feature`` and ``ridge_disruption``, which adds a measured disruption
 term, are described in their functions and in :mod:`sae_ts.disruption`; ``ridge_first_token``,
-which adds the measured first-token prior, in :mod:`sae_ts.first_token`):
+which adds the measured first-token prior, in :class:`FirstTokenEffectModel` and
+:mod:`sae_ts.first_token`):
 
 * :func:`fit_ridge` (default): closed-form ridge regression through one SVD per fold
   (``torch.linalg.svd``), the ridge strength chosen by k-fold cross-validation on the training part;
@@ -30,6 +31,7 @@ from .artifacts import artifact_paths, load_artifact, save_artifact
 from .disruption import disruption_features, next_token_fisher, next_token_kl
 from .effects import EffectConfig, EffectDataset
 from .errors import ConfigError, MissingFileError
+from .first_token import first_token_prior
 from .models import embedded_spec
 from .types import LanguageModel
 
@@ -37,23 +39,27 @@ __all__ = [
     "DEFAULT_EFFECT_MODEL",
     "FIT_METHODS",
     "DisruptionEffectModel",
+    "FirstTokenEffectModel",
     "FitMethod",
     "FitReport",
     "LinearEffectModel",
     "RolloutReliability",
     "UnderdeterminedFitWarning",
     "dataset_disruption",
+    "dataset_prior",
     "effect_metrics",
     "evaluate_heldout",
     "fit",
     "fit_adam",
     "fit_ridge",
     "fit_ridge_disruption",
+    "fit_ridge_first_token",
     "fit_ridge_per_feature",
     "linear_share",
     "load_default_effect_model",
     "load_effect_model",
     "noise_ceiling",
+    "prior_spec",
     "shipped_fit_method",
 ]
 
@@ -284,22 +290,20 @@ def fit(
     """Fit an effect model by ``method`` (see :data:`FIT_METHODS`). Every method returns a
     :class:`LinearEffectModel` (``ridge_disruption`` its subclass
     :class:`DisruptionEffectModel`, ``ridge_first_token``
-    :class:`~sae_ts.first_token.FirstTokenEffectModel`), so the solvers work with each.
+    :class:`~sae_ts.effect_model.FirstTokenEffectModel`), so the solvers work with each.
 
     ``ridge_disruption`` needs ``disruption``: :func:`sae_ts.disruption.next_token_kl` of each
     vector of ``ds`` at the campaign's scale (``sae-ts fit --method ridge_disruption`` measures it).
-    ``ridge_first_token`` needs ``prior``: :func:`sae_ts.first_token.dataset_prior` of ``ds``.
+    ``ridge_first_token`` needs ``prior``: :func:`dataset_prior` of ``ds``.
     """
     if method == "ridge_first_token":
         if prior is None:
             raise ConfigError(
-                "method 'ridge_first_token' needs prior=sae_ts.first_token.dataset_prior(model, "
+                "method 'ridge_first_token' needs prior=sae_ts.effect_model.dataset_prior(model, "
                 "sae, ds) for the dataset's vectors"
             )
         if disruption is not None:
             raise ConfigError("method 'ridge_first_token' takes no disruption measure")
-        from .first_token import fit_ridge_first_token
-
         return fit_ridge_first_token(ds, prior, holdout=holdout, seed=seed)
     if prior is not None:
         raise ConfigError(f"method {method!r} takes no first-token prior")
@@ -534,12 +538,181 @@ def fit_ridge_disruption(
     return model, report
 
 
+FIRST_TOKEN_KIND = "first_token_effect_model"
+
+
+@dataclass
+class FirstTokenEffectModel(LinearEffectModel):
+    """``effect ≈ v @ W_direct + ((π(v) - μ) @ U) @ M + b_direct``: ridge on the direction and
+    the first-token prior's ``k`` leading components (``U``, ``[d_sae, k]``, scaled).
+
+    ``W`` / ``b``: the linearisation over the training vectors (what the solvers plan with, and
+    what :meth:`predict` returns without a prior). ``record["first_token"]`` holds what
+    :meth:`predict_measured` needs: hooks, scale, prompts and sampling settings.
+    """
+
+    W_direct: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 0))
+    b_direct: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    basis: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 0))  # [d_sae, k]
+    mean: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # [d_sae]
+    M: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 0))  # [k, d_sae]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        d, s = self.W.shape
+        k = self.basis.shape[1] if self.basis.ndim == 2 else -1
+        shapes = {
+            "W": (self.W, (d, s)), "b": (self.b, (s,)), "W_direct": (self.W_direct, (d, s)),
+            "b_direct": (self.b_direct, (s,)), "basis": (self.basis, (s, k)),
+            "mean": (self.mean, (s,)), "M": (self.M, (k, s)),
+        }  # fmt: skip
+        for name, (t, shape) in shapes.items():
+            if tuple(t.shape) != shape or d == 0 or k < 1:
+                raise ValueError(f"{name} must be {shape}, got {tuple(t.shape)}")
+            if not torch.isfinite(t).all():
+                raise ValueError(f"effect model's {name} contains NaN or inf")
+
+    def predict(self, v: torch.Tensor, prior: torch.Tensor | None = None) -> torch.Tensor:
+        """Predicted effect of ``v`` (``[d_model]`` or ``[n, d_model]``); with ``prior`` (its
+        :func:`first_token_prior`, ``[d_sae]`` or ``[n, d_sae]``) the whole model, without it
+        the linearisation ``v @ W + b``."""
+        if prior is None:
+            return super().predict(v)
+        if v.shape[-1] != self.d_model:
+            raise ValueError(
+                f"input has d_model={v.shape[-1]}, effect model expects {self.d_model}"
+            )
+        if prior.shape[-1] != self.d_sae or prior.shape[:-1] != v.shape[:-1]:
+            raise ValueError(
+                f"prior must be [..., d_sae={self.d_sae}] with one row per vector, got "
+                f"{tuple(prior.shape)} for vectors {tuple(v.shape)}"
+            )
+        z = (prior.to(self.W) - self.mean) @ self.basis
+        return v.to(self.W) @ self.W_direct + z @ self.M + self.b_direct
+
+    def prior_spec(self) -> dict[str, Any]:
+        """Where and how the prior is measured: hooks, scale, prompts, sampling."""
+        d = self.record.get("first_token")
+        if not d:
+            raise ConfigError("the record names no first-token prior (hook, scale, prompts)")
+        return dict(d)
+
+    def measure_prior(
+        self, model: LanguageModel, sae: Any, V: torch.Tensor, progress: bool = False
+    ) -> torch.Tensor:
+        """:func:`first_token_prior` of each row of ``V`` at the recorded settings."""
+        d = self.prior_spec()
+        return first_token_prior(
+            model, sae, d["hook"], V, d["scale"], d["prompts"], sae_hook=d.get("sae_hook"),
+            temperature=d["temperature"], top_k=d["top_k"], top_p=d["top_p"], progress=progress,
+        )  # fmt: skip
+
+    def predict_measured(
+        self, model: LanguageModel, sae: Any, v: torch.Tensor, progress: bool = False
+    ) -> torch.Tensor:
+        """Measure the prior of ``v`` on ``model`` and ``sae`` and predict with it."""
+        V = v if v.ndim == 2 else v[None]
+        out = self.predict(V, self.measure_prior(model, sae, V.float(), progress))
+        return out if v.ndim == 2 else out[0]
+
+    def save(self, path: str | Path) -> Path:
+        tensors = {"W": self.W, "b": self.b, "W_direct": self.W_direct, "b_direct": self.b_direct,
+                   "basis": self.basis, "mean": self.mean, "M": self.M}  # fmt: skip
+        return save_artifact(path, tensors, {"kind": FIRST_TOKEN_KIND, **self.record})
+
+    @classmethod
+    def load(cls, path: str | Path) -> FirstTokenEffectModel:
+        names = ("W", "b", "W_direct", "b_direct", "basis", "mean", "M")
+        t, rec = load_artifact(path, kind=FIRST_TOKEN_KIND, tensors=names, fields=("first_token",))
+        f = {n: t[n].float() for n in names}
+        return cls(
+            f["W"], f["b"], rec, W_direct=f["W_direct"], b_direct=f["b_direct"],
+            basis=f["basis"], mean=f["mean"], M=f["M"],
+        )  # fmt: skip
+
+
+def prior_spec(ds: EffectDataset) -> dict[str, Any]:
+    """The first-token prior's settings for a campaign: its hooks, scale, prompts, temperature
+    and top-k. ``top_p`` is ``None``: the prior uses the untruncated top-k distribution (see
+    the module's docstring for why)."""
+    d = _dataset_spec(ds)
+    cfg = {**dataclasses.asdict(EffectConfig()), **(ds.record.get("config") or {})}
+    return {
+        "measure": "first_token_prior", "hook": d["hook"],
+        "sae_hook": ds.record.get("sae_hook") or d["hook"], "scale": d["scale"],
+        "prompts": d["prompts"], "temperature": float(cfg["temperature"]),
+        "top_k": cfg.get("top_k"), "top_p": None,
+    }  # fmt: skip
+
+
+def dataset_prior(
+    model: LanguageModel, sae: Any, ds: EffectDataset, progress: bool = True
+) -> torch.Tensor:
+    """:func:`first_token_prior` of every vector of an effect dataset, at its campaign's hooks,
+    scale, prompts and sampling settings: the ``prior`` that ``ridge_first_token`` fits on."""
+    d = prior_spec(ds)
+    return first_token_prior(
+        model, sae, d["hook"], ds.inputs.float(), d["scale"], d["prompts"], sae_hook=d["sae_hook"],
+        temperature=d["temperature"], top_k=d["top_k"], top_p=d["top_p"], progress=progress,
+    )  # fmt: skip
+
+
+def fit_ridge_first_token(
+    ds: EffectDataset, prior: torch.Tensor, holdout: int = 100, seed: int = 0, k: int = 128
+) -> tuple[FirstTokenEffectModel, FitReport]:
+    """Ridge on ``[v, π̃(v)]`` (:mod:`sae_ts.first_token`): ``prior`` (``[n, d_sae]``) is
+    :func:`dataset_prior` of ``ds``. The principal components, their scale and the
+    linearisation use the training part only (all but the last ``holdout`` vectors)."""
+    n = len(ds)
+    if prior.shape != (n, ds.effects.shape[1]):
+        raise ConfigError(
+            f"prior must be [{n}, d_sae={ds.effects.shape[1]}] (one row per vector), "
+            f"got {tuple(prior.shape)}"
+        )
+    if not torch.isfinite(prior).all():
+        raise ConfigError("prior contains NaN or inf")
+    n_fit = n - holdout
+    k = min(k, n_fit - 1, prior.shape[1])
+    if k < 1:
+        raise ConfigError(f"too few training vectors ({n_fit}) for a first-token prior")
+    P = prior.double()
+    mean = P[:n_fit].mean(0)
+    torch.manual_seed(seed)  # pca_lowrank's random projection
+    _, _, U = torch.pca_lowrank(P[:n_fit] - mean, q=k, center=False, niter=4)
+    Z = (P - mean) @ U
+    s = float(ds.inputs[:n_fit].double().norm(dim=1).mean() / Z[:n_fit].norm(dim=1).mean())
+    if not s > 0 or not torch.isfinite(torch.tensor(s)):
+        raise ConfigError("the first-token prior is zero on every training vector")
+    basis = U * s
+    Z = Z * s
+    d = ds.inputs.shape[1]
+    aug = dataclasses.replace(ds, inputs=torch.cat([ds.inputs, Z.to(ds.inputs.dtype)], 1))
+    lin, report = fit_ridge(aug, holdout=holdout, seed=seed)
+    W_direct, M = lin.W[:d].double(), lin.W[d:].double()
+    # The linearisation over the training vectors (the prior's components regressed on v by
+    # ridge at the joint fit's strength, Z ≈ v A + c) is exactly plain ridge at that strength:
+    # the joint normal equations give W_direct = W_ridge - A M. Computed as plain ridge, so that
+    # it is bit for bit the ridge model a campaign would ship.
+    alpha = torch.tensor([float(report.alpha or 0.0)], dtype=torch.float64)
+    plain, _ = fit_ridge(ds, holdout=holdout, alphas=alpha, seed=seed)
+    W, b = plain.W.double(), plain.b.double()
+    report.method = "ridge_first_token"
+    record: dict[str, Any] = dict(lin.record)
+    record["fit"] = {**record.get("fit", {}), "method": "ridge_first_token", "k": k}
+    record["first_token"] = prior_spec(ds)
+    model = FirstTokenEffectModel(
+        W.float(), b.float(), record, W_direct=W_direct.float(), b_direct=lin.b.float(),
+        basis=basis.float(), mean=mean.float(), M=M.float(),
+    )  # fmt: skip
+    return model, report
+
+
 def load_default_effect_model(model: str = "smollm2-135m") -> LinearEffectModel:
     """The effect model shipped for an embedded model and its SAE (``blocks.12.hook_resid_post``).
 
     Fitted on the effects measured by the model's effect campaign (its record says how many
     vectors, rollouts, which scale and which fit method); see the README. SmolLM2's is a
-    :class:`~sae_ts.first_token.FirstTokenEffectModel` (ridge plus the measured first-token prior;
+    :class:`~sae_ts.effect_model.FirstTokenEffectModel` (ridge plus the measured first-token prior;
     its linear part is plain ridge); Gemma's a :class:`DisruptionEffectModel` (ridge plus a
     measured next-token-KL term).
     """
@@ -576,7 +749,7 @@ def shipped_fit_method(model: str) -> FitMethod:
 def load_effect_model(path: str | Path) -> LinearEffectModel:
     """A saved effect model of any fit method (safetensors + JSON record), in float32: a
     :class:`LinearEffectModel`, a :class:`DisruptionEffectModel` for ``ridge_disruption``, or a
-    :class:`~sae_ts.first_token.FirstTokenEffectModel` for ``ridge_first_token``."""
+    :class:`~sae_ts.effect_model.FirstTokenEffectModel` for ``ridge_first_token``."""
     json_path = artifact_paths(path)[1]
     kind = None
     if json_path.exists():
@@ -586,8 +759,6 @@ def load_effect_model(path: str | Path) -> LinearEffectModel:
             kind = None  # load_artifact below names the damage
     if kind == DISRUPTION_KIND:
         return DisruptionEffectModel.load(path)
-    from .first_token import FIRST_TOKEN_KIND, FirstTokenEffectModel
-
     if kind == FIRST_TOKEN_KIND:
         return FirstTokenEffectModel.load(path)
     em = LinearEffectModel.load(path)
@@ -736,7 +907,7 @@ def evaluate_heldout(
     (``r2_features``, ``ceiling_features``): the latents that targets use. ``disruption``: for a
     :class:`DisruptionEffectModel`, the measured ``z`` of each held-out
     direction (the model predicts with it); ``prior``, likewise, the measured first-token prior
-    of each held-out direction for a :class:`~sae_ts.first_token.FirstTokenEffectModel`.
+    of each held-out direction for a :class:`~sae_ts.effect_model.FirstTokenEffectModel`.
     """
     if not torch.allclose(test_a.inputs, test_b.inputs, atol=1e-3):
         raise ValueError("test_a and test_b must measure the same directions, in the same order")
@@ -749,8 +920,6 @@ def evaluate_heldout(
     x = test_a.inputs.float()
     y = (test_a.effects.float() + test_b.effects.float()) / 2
     if prior is not None:
-        from .first_token import FirstTokenEffectModel
-
         if not isinstance(model, FirstTokenEffectModel) or disruption is not None:
             raise ConfigError("prior= is the measured prior of a FirstTokenEffectModel")
         pred = model.predict(x, prior)

@@ -7,10 +7,9 @@ from typing import Any
 
 import torch
 
-from .effect_model import DisruptionEffectModel, LinearEffectModel
+from .effect_model import DisruptionEffectModel, FirstTokenEffectModel, LinearEffectModel
 from .effects import EffectEstimator
 from .errors import ConfigError
-from .first_token import FirstTokenEffectModel
 from .solver import Target, target_stats
 
 __all__ = ["Measurement", "measure_vector"]

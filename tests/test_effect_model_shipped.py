@@ -51,8 +51,8 @@ def test_smollm2_effect_model_predicts_with_its_measured_first_token_prior(real_
     effect closer than its linear part does on the committed held-out directions."""
     from pathlib import Path
 
+    from sae_ts.effect_model import FirstTokenEffectModel
     from sae_ts.effects import EffectDataset
-    from sae_ts.first_token import FirstTokenEffectModel
 
     em = load_default_effect_model("smollm2-135m")
     assert isinstance(em, FirstTokenEffectModel)

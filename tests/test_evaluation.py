@@ -54,7 +54,8 @@ def test_measure_vector_predicts_a_disruption_model_with_its_measured_z(tiny):
 
 
 def test_measure_vector_predicts_a_first_token_model_with_its_measured_prior(tiny):
-    from sae_ts.first_token import FirstTokenEffectModel, first_token_prior
+    from sae_ts.effect_model import FirstTokenEffectModel
+    from sae_ts.first_token import first_token_prior
     from sae_ts.solver import target_stats
 
     sae = tiny_sae(tiny.cfg.d_model, HOOK, d_sae=16)

@@ -5,10 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sae_ts.effect_model import effect_metrics, fit, fit_ridge, load_effect_model
+from sae_ts.effect_model import (
+    FirstTokenEffectModel,
+    dataset_prior,
+    effect_metrics,
+    fit,
+    fit_ridge,
+    load_effect_model,
+)
 from sae_ts.effects import EffectDataset
 from sae_ts.errors import ArtifactError, ConfigError
-from sae_ts.first_token import FirstTokenEffectModel, dataset_prior, first_token_prior
+from sae_ts.first_token import first_token_prior
 from sae_ts.generation import _candidates
 from sae_ts.solver import solve
 from sae_ts.steering import steer

@@ -14,6 +14,7 @@ from ..baselines import find_features
 from ..effect_model import (
     FIT_METHODS,
     dataset_disruption,
+    dataset_prior,
     fit,
     load_effect_model,
     shipped_fit_method,
@@ -30,7 +31,6 @@ from ..effects import (
 )
 from ..errors import ConfigError
 from ..evaluation import measure_vector
-from ..first_token import dataset_prior
 from ..loading import Loaded
 from ..models import EMBEDDED_MODELS, embedded_spec
 from ..sae import load_default_sae, load_sae
