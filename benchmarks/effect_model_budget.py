@@ -394,14 +394,15 @@ def main() -> None:
                "own_baselines": {g: {"r2": v["r2"], "ceiling": v["ceiling"]}
                                  for g, v in own.items()},
                "linear_part": {g: v["r2"] for g, v in lin.items()}}  # fmt: skip
+        # held-out predictions, with the measured input where the method has one
+        pred_all = em.predict(ta.inputs.float(), *ekw.values()).double()
+        preds[(method, n)] = pred_all  # for the paired CIs
         for g in ("all", "dec", "gauss"):
             idx = [i for i in range(len(ta)) if g == "all" or groups[i] == g]
 
-            def r2_of(sample: list[int], idx: list[int] = idx, em=em, ekw=ekw) -> float:
+            def r2_of(sample: list[int], idx: list[int] = idx, pred_all=pred_all) -> float:
                 j = [idx[i] for i in sample]
-                x = ta.inputs[j].float()
-                extra = [v[j] for v in ekw.values()]  # the measured input, if the method has one
-                pred = em.predict(x, *extra).double()
+                pred = pred_all[j]
                 t = y[j].double()
                 return 1 - float(((pred - t) ** 2).sum()) / float(((t - t.mean(0)) ** 2).sum())
 
@@ -412,7 +413,6 @@ def main() -> None:
             row[g]["r2_ci"] = bootstrap(r2_of, len(idx), args.bootstrap, args.seed)
             row[g]["ceiling_ci"] = bootstrap(ceil_of, len(idx), args.bootstrap, args.seed)
         out["fits"].append(row)
-        preds[(method, n)] = em.predict(ta.inputs.float(), *ekw.values()).double()
         a = row["all"]
         print(
             f"{method:18s} n={n:5d}  R² {a['r2']:+.3f} [{a['r2_ci'][0]:+.3f}, {a['r2_ci'][1]:+.3f}]  ceiling "

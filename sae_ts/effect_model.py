@@ -97,12 +97,15 @@ class LinearEffectModel:
     def d_sae(self) -> int:
         return int(self.W.shape[1])
 
-    def predict(self, v: torch.Tensor) -> torch.Tensor:
-        """Predicted effect of ``v`` (``[d_model]`` or ``[n, d_model]``)."""
+    def _check_input(self, v: torch.Tensor) -> None:
         if v.shape[-1] != self.d_model:
             raise ValueError(
                 f"input has d_model={v.shape[-1]}, effect model expects {self.d_model}"
             )
+
+    def predict(self, v: torch.Tensor) -> torch.Tensor:
+        """Predicted effect of ``v`` (``[d_model]`` or ``[n, d_model]``)."""
+        self._check_input(v)
         return v.to(self.W) @ self.W + self.b
 
     def save(self, path: str | Path) -> Path:
@@ -162,7 +165,7 @@ def _split(
 
 
 def _ridge_path(
-    X: torch.Tensor, Y: torch.Tensor, alphas: torch.Tensor
+    X: torch.Tensor, Y: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """SVD pieces so that W(alpha) = V diag(s/(s²+alpha)) Uᵀ Yc; returns (V, s, UtY, xm, ym)."""
     xm, ym = X.mean(0), Y.mean(0)
@@ -174,6 +177,13 @@ def _ridge_weights(
     V: torch.Tensor, s: torch.Tensor, UtY: torch.Tensor, alpha: float
 ) -> torch.Tensor:
     return V @ ((s / (s**2 + alpha))[:, None] * UtY)
+
+
+def _ridge_at(X: torch.Tensor, Y: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ridge weights and the unpenalised intercept at one strength: ``(W, b)``, float64."""
+    V, s, UtY, xm, ym = _ridge_path(X, Y)
+    W = _ridge_weights(V, s, UtY, alpha)
+    return W, ym - xm @ W
 
 
 def _ridge_grid(Xtr: torch.Tensor, alphas: torch.Tensor | None) -> torch.Tensor:
@@ -201,16 +211,14 @@ def fit_ridge(
         val = perm[k::folds]
         tr = torch.ones(n, dtype=torch.bool)
         tr[val] = False
-        V, s, UtY, xm, ym = _ridge_path(Xtr[tr], Ytr[tr], alphas)
+        V, s, UtY, xm, ym = _ridge_path(Xtr[tr], Ytr[tr])
         for j, a in enumerate(alphas.tolist()):
             W = _ridge_weights(V, s, UtY, a)
             pred = (Xtr[val] - xm) @ W + ym
             scores[j] += effect_metrics(pred, Ytr[val])[0] / folds
     best = int(torch.nan_to_num(scores, nan=-1e9).argmax())
     alpha = float(alphas[best])
-    V, s, UtY, xm, ym = _ridge_path(Xtr, Ytr, alphas)
-    W = _ridge_weights(V, s, UtY, alpha)
-    b = ym - xm @ W
+    W, b = _ridge_at(Xtr, Ytr, alpha)
     r2, cos = effect_metrics(Xte @ W + b, Yte)
     report = FitReport(
         "ridge", r2, cos, n, holdout, time.perf_counter() - t0, alpha,
@@ -241,7 +249,7 @@ def fit_ridge_per_feature(
     Xtr, Ytr, Xte, Yte = _split(ds, holdout)
     alphas = _ridge_grid(Xtr, alphas)
     n = Xtr.shape[0]
-    V, s, UtY, xm, ym = _ridge_path(Xtr, Ytr, alphas)
+    V, s, UtY, xm, ym = _ridge_path(Xtr, Ytr)
     U = (Xtr - xm) @ V / s.clamp_min(1e-12)  # [n, r]
     Yc = Ytr - ym
     U2 = U**2
@@ -578,10 +586,7 @@ class FirstTokenEffectModel(LinearEffectModel):
         the linearisation ``v @ W + b``."""
         if prior is None:
             return super().predict(v)
-        if v.shape[-1] != self.d_model:
-            raise ValueError(
-                f"input has d_model={v.shape[-1]}, effect model expects {self.d_model}"
-            )
+        self._check_input(v)
         if prior.shape[-1] != self.d_sae or prior.shape[:-1] != v.shape[:-1]:
             raise ValueError(
                 f"prior must be [..., d_sae={self.d_sae}] with one row per vector, got "
@@ -693,9 +698,8 @@ def fit_ridge_first_token(
     # ridge at the joint fit's strength, Z ≈ v A + c) is exactly plain ridge at that strength:
     # the joint normal equations give W_direct = W_ridge - A M. Computed as plain ridge, so that
     # it is bit for bit the ridge model a campaign would ship.
-    alpha = torch.tensor([float(report.alpha or 0.0)], dtype=torch.float64)
-    plain, _ = fit_ridge(ds, holdout=holdout, alphas=alpha, seed=seed)
-    W, b = plain.W.double(), plain.b.double()
+    Xtr, Ytr, _, _ = _split(ds, holdout)
+    W, b = _ridge_at(Xtr, Ytr, float(report.alpha or 0.0))
     report.method = "ridge_first_token"
     record: dict[str, Any] = dict(lin.record)
     record["fit"] = {**record.get("fit", {}), "method": "ridge_first_token", "k": k}

@@ -39,7 +39,7 @@ from ._util import hook_layer, to_tokens
 from .backends import is_bridge
 from .disruption import _checked, _last_logits
 from .errors import ConfigError
-from .generation import _candidates
+from .generation import candidate_probs
 from .steering import steer
 from .types import LanguageModel
 
@@ -49,16 +49,11 @@ __all__ = ["first_token_prior"]
 def _sampling_probs(
     logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The candidate ids ``[B, k]`` and their sampling probabilities (the same truncation as
-    :func:`sae_ts.generation.sample`; ``temperature == 0`` puts all mass on the argmax)."""
+    """The candidate ids and the probabilities :func:`sae_ts.generation.sample` draws them with
+    (``temperature == 0`` puts all mass on the argmax)."""
     if temperature == 0.0:
         return logits.argmax(-1, keepdim=True), torch.ones(logits.shape[0], 1)
-    vals, idx, keep = _candidates(logits, temperature, top_k, top_p)
-    probs = vals.softmax(-1)
-    if keep is not None:
-        probs = probs * keep
-        probs = probs / probs.sum(-1, keepdim=True)
-    return idx, probs
+    return candidate_probs(logits, temperature, top_k, top_p)
 
 
 class _TokenFeatures:

@@ -21,7 +21,7 @@ from .errors import ConfigError
 from .steering import add_hooks
 from .types import HookFn, LanguageModel
 
-__all__ = ["NextToken", "generate", "gumbel_noise", "sample", "sample_gumbel"]
+__all__ = ["NextToken", "candidate_probs", "generate", "gumbel_noise", "sample", "sample_gumbel"]
 
 
 def sample(
@@ -38,15 +38,24 @@ def sample(
     """
     if temperature == 0.0:
         return logits.argmax(-1)
+    idx, probs = candidate_probs(logits, temperature, top_k, top_p)
+    k = probs.shape[-1]
+    cdf = probs.cumsum(-1)
+    choice = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1).to(cdf.dtype)).clamp_max(k - 1)
+    return idx.gather(-1, choice)[:, 0]
+
+
+def candidate_probs(
+    logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The candidate ids ``[batch, k]`` (top-k, sorted) and the probabilities :func:`sample`
+    draws them with (top-p cut, renormalised; ``temperature > 0``)."""
     vals, idx, keep = _candidates(logits, temperature, top_k, top_p)
-    k = vals.shape[-1]
     probs = vals.softmax(-1)
     if keep is not None:
         probs = probs * keep
         probs = probs / probs.sum(-1, keepdim=True)
-    cdf = probs.cumsum(-1)
-    choice = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1).to(cdf.dtype)).clamp_max(k - 1)
-    return idx.gather(-1, choice)[:, 0]
+    return idx, probs
 
 
 def _candidates(
