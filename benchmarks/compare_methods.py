@@ -27,7 +27,7 @@ import numpy as np
 
 from sae_ts.artifacts import write_json_atomic
 from sae_ts.experiments.compare.config import SOLVED
-from sae_ts.experiments.compare.run import METHODS, load_task, run_comparison
+from sae_ts.experiments.compare.run import DEFAULT_METHODS, load_task, run_comparison
 from sae_ts.selection import SELECTORS
 
 SAE_METHODS = ("sae", *SOLVED)
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--effect-model", default="default")
     ap.add_argument("--out-dir", default="benchmarks/results/compare_full")
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     ap.add_argument("--targets", default="fgaa", help=f"one or more of {SELECTORS}, or all")
     ap.add_argument("--validate-judges", action="store_true", help="only validate the judge")
     ap.add_argument(

@@ -10,7 +10,9 @@ For each task directory under ``--tasks`` (the SAE-TS paper's concept tasks, rea
    :func:`sae_ts.solver.solve_in_decoder_span`), ``sae_latent`` (weighted decoder rows) and
    ``caa`` (for reference); with an effect model that has a disruption term (Gemma's), also
    ``targeted_kl`` (the solver with a budget on its measured next-token KL, ``--max-disruption``),
-   and ``targeted_span`` gets the same budget; and an ``unsteered`` row (scale 0: a second
+   and ``targeted_span`` gets the same budget; with a first-token effect model (SmolLM2's),
+   ``targeted_ft`` (``targeted`` ascending the whole model, its prior measured on the language
+   model); and an ``unsteered`` row (scale 0: a second
    unsteered measurement, the noise floor);
 3. each measured with ``--rollouts`` rollouts per prompt on the 14 effect prompts at
    ``--fraction`` x the per-token residual norm, every method on the same random streams (paired),
@@ -40,6 +42,7 @@ import torch
 from sae_ts.baselines import caa_vector, sae_latent_vector
 from sae_ts.effect_model import (
     DisruptionEffectModel,
+    FirstTokenEffectModel,
     load_default_effect_model,
     load_effect_model,
 )
@@ -83,6 +86,8 @@ def task_vector(  # type: ignore[no-untyped-def]
         return caa_vector(model, task.pos, task.neg, hook)
     if name == "targeted_kl":
         return solve(em, target, "targeted", **kl)
+    if name == "targeted_ft":
+        return solve(em, target, "targeted", lm=model, sae=sae)
     v, info = solve_in_decoder_span(em, sae.W_dec, target, span_k, **kl)
     span_info.update({k: info[k] for k in ("span_ids", "span_weights", "dropped")})
     return v
@@ -129,6 +134,7 @@ def main() -> None:
         else load_effect_model(args.effect_model)
     )
     disruptive = isinstance(em, DisruptionEffectModel)
+    first_token = isinstance(em, FirstTokenEffectModel)
     if isinstance(em, DisruptionEffectModel) and em.fisher is None:
         em.attach_fisher(model)
     if args.fraction is None and "scale" in em.record:
@@ -149,7 +155,8 @@ def main() -> None:
         target = task_target(model, sae, hook, task, args.n_features, density)
         kl = {"lm": model, "max_disruption": args.max_disruption} if disruptive else {}
         names = ["sae_ts", "targeted", "sae_latent", "caa",
-                 *(["targeted_kl"] if disruptive else []), "targeted_span"]  # fmt: skip
+                 *(["targeted_kl"] if disruptive else []), "targeted_span",
+                 *(["targeted_ft"] if first_token else [])]  # fmt: skip
         span_info: dict = {}
         vecs = {
             n: task_vector(n, em, model, sae, hook, task, target, kl, args.span_k, span_info)
@@ -168,7 +175,12 @@ def main() -> None:
             eff = m - baseline
             st = target_stats(eff, target)
             if name != "unsteered":
-                pred = em.predict(v[None], z[i : i + 1])[0] if disruptive else em.predict(v)
+                if disruptive:
+                    pred = em.predict(v[None], z[i : i + 1])[0]
+                elif first_token:  # the whole model, its prior measured at v
+                    pred = em.predict_measured(model, sae, v)
+                else:
+                    pred = em.predict(v)
                 if disruptive:
                     st["next_token_kl"] = float(z[i])
                 st["predicted_target_effect"] = target_stats(pred, target)["target_effect"]

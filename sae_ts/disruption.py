@@ -41,13 +41,18 @@ def _checked(
     prompts = [p for p in prompts if p]
     if not prompts:
         raise ConfigError(f"{who} needs at least one non-empty prompt")
+    _check_vectors(model, vectors)
+    return prompts
+
+
+def _check_vectors(model: LanguageModel, vectors: torch.Tensor) -> None:
+    """Refuse anything but a finite ``[n, d_model]``."""
     if vectors.ndim != 2 or vectors.shape[1] != model.cfg.d_model:
         raise ConfigError(
             f"vectors must be [n, d_model={model.cfg.d_model}], got {tuple(vectors.shape)}"
         )
     if not torch.isfinite(vectors).all():
         raise ConfigError("vectors contain NaN or inf")
-    return prompts
 
 
 def _last_logits(model: LanguageModel, toks: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,7 @@ from .artifacts import artifact_paths, load_artifact, save_artifact
 from .disruption import disruption_features, next_token_fisher, next_token_kl
 from .effects import EffectConfig, EffectDataset
 from .errors import ConfigError, MissingFileError
-from .first_token import first_token_prior
+from .first_token import FirstTokenPrior, first_token_prior
 from .models import embedded_spec
 from .types import LanguageModel
 
@@ -601,6 +601,14 @@ class FirstTokenEffectModel(LinearEffectModel):
         if not d:
             raise ConfigError("the record names no first-token prior (hook, scale, prompts)")
         return dict(d)
+
+    def prior_of(self, model: LanguageModel, sae: Any) -> FirstTokenPrior:
+        """The prior at the recorded settings, as a callable (differentiable in ``v``)."""
+        d = self.prior_spec()
+        return FirstTokenPrior(
+            model, sae, d["hook"], d["scale"], d["prompts"], sae_hook=d.get("sae_hook"),
+            temperature=d["temperature"], top_k=d["top_k"], top_p=d["top_p"],
+        )  # fmt: skip
 
     def measure_prior(
         self, model: LanguageModel, sae: Any, V: torch.Tensor, progress: bool = False

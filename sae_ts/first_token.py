@@ -37,13 +37,13 @@ from tqdm.auto import tqdm
 
 from ._util import hook_layer, to_tokens
 from .backends import is_bridge
-from .disruption import _checked, _last_logits
+from .disruption import _check_vectors, _checked, _last_logits
 from .errors import ConfigError
 from .generation import candidate_probs
 from .steering import steer
 from .types import LanguageModel
 
-__all__ = ["first_token_prior"]
+__all__ = ["FirstTokenPrior", "first_token_prior"]
 
 
 def _sampling_probs(
@@ -84,6 +84,66 @@ class _TokenFeatures:
         return torch.stack([self.cache[p][t] for t in ids])
 
 
+class FirstTokenPrior:
+    """``π(v)`` on one model, SAE and prompt set: the unsteered next-token distributions and the
+    token-feature cache are computed once and reused for every call.
+
+    Calling it with ``[n, d_model]`` unit rows returns ``[n, d_sae]`` (float32, on the CPU).
+    Gradients flow back to the vectors when they require them (the candidate set, the top-k, is
+    held fixed at each call), which is how :func:`sae_ts.solver.solve` ascends the whole
+    first-token effect model.
+    """
+
+    def __init__(
+        self,
+        model: LanguageModel,
+        sae: Any,
+        hook: str,
+        scale: float,
+        prompts: Sequence[str],
+        *,
+        sae_hook: str | None = None,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+    ) -> None:
+        prompts = [p for p in prompts if p]
+        if not prompts:
+            raise ConfigError("first_token_prior needs at least one non-empty prompt")
+        if not scale > 0 or not torch.isfinite(torch.tensor(float(scale))):
+            raise ConfigError(f"scale must be a positive finite number, got {scale}")
+        self.model, self.hook, self.scale = model, hook, float(scale)
+        self.sampling = (float(temperature), top_k, top_p)
+        self.toks = [to_tokens(model, [p]) for p in prompts]
+        self.feats = _TokenFeatures(model, sae, sae_hook or hook, self.toks)
+        self.d_sae = int(sae.W_dec.shape[0])
+        with torch.no_grad():
+            self.base = [
+                self._expected(p, _last_logits(model, t).float()) for p, t in enumerate(self.toks)
+            ]
+
+    def _expected(self, p: int, logits: torch.Tensor) -> torch.Tensor:
+        """``Σ_t q(t) G_p[t]`` for each row of ``logits`` ``[B, vocab]``: ``[B, d_sae]``."""
+        idx, probs = _sampling_probs(logits, *self.sampling)
+        idx, probs = idx.cpu(), probs.cpu().float()
+        keep = probs.detach() > 0
+        ids, col = torch.unique(idx[keep], return_inverse=True)
+        rows = torch.arange(idx.shape[0])[:, None].expand_as(idx)[keep]
+        dense = torch.zeros(idx.shape[0], len(ids)).index_put((rows, col), probs[keep], True)
+        return dense @ self.feats.table(p, ids.tolist())
+
+    def __call__(self, vectors: torch.Tensor) -> torch.Tensor:
+        _check_vectors(self.model, vectors.detach())
+        v = vectors.to(self.model.cfg.device)
+        acc = torch.zeros(len(v), self.d_sae)
+        scale = torch.full((len(v),), self.scale)
+        for p, t in enumerate(self.toks):
+            with steer(self.model, v, self.hook, scale=scale):
+                lg = _last_logits(self.model, t.expand(len(v), -1)).float()
+            acc = acc + self._expected(p, lg) - self.base[p]
+        return acc / len(self.toks)
+
+
 def first_token_prior(
     model: LanguageModel,
     sae: Any,
@@ -111,35 +171,14 @@ def first_token_prior(
     top-k and leaves ``top_p`` out.
     """
     prompts = _checked(model, vectors, prompts, "first_token_prior")
-    if not scale > 0 or not torch.isfinite(torch.tensor(float(scale))):
-        raise ConfigError(f"scale must be a positive finite number, got {scale}")
-    toks = [to_tokens(model, [p]) for p in prompts]
-    feats = _TokenFeatures(model, sae, sae_hook or hook, toks)
-    d_sae = int(sae.W_dec.shape[0])
-
-    def expected(p: int, idx: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-        idx, probs = idx.cpu(), probs.cpu().float()
-        keep = probs > 0
-        ids, col = torch.unique(idx[keep], return_inverse=True)
-        rows = torch.arange(idx.shape[0])[:, None].expand_as(idx)[keep]
-        dense = torch.zeros(idx.shape[0], len(ids))
-        dense.index_put_((rows, col), probs[keep], accumulate=True)
-        return dense @ feats.table(p, ids.tolist())
-
-    with torch.no_grad():
-        base = [
-            expected(p, *_sampling_probs(_last_logits(model, t).float(), temperature, top_k, top_p))
-            for p, t in enumerate(toks)
-        ]
-    out = torch.zeros(len(vectors), d_sae)
+    prior = FirstTokenPrior(
+        model, sae, hook, scale, prompts, sae_hook=sae_hook, temperature=temperature,
+        top_k=top_k, top_p=top_p,
+    )  # fmt: skip
+    out = torch.zeros(len(vectors), prior.d_sae)
     for i in tqdm(
         range(0, len(vectors), batch_size), desc="first-token prior", disable=not progress
     ):
-        v = vectors[i : i + batch_size].to(model.cfg.device)
-        acc = torch.zeros(len(v), d_sae)
-        for p, t in enumerate(toks):
-            with torch.no_grad(), steer(model, v, hook, scale=torch.full((len(v),), float(scale))):
-                lg = _last_logits(model, t.expand(len(v), -1)).float()
-            acc += expected(p, *_sampling_probs(lg, temperature, top_k, top_p)) - base[p]
-        out[i : i + len(v)] = acc / len(toks)
+        with torch.no_grad():
+            out[i : i + batch_size] = prior(vectors[i : i + batch_size])
     return out

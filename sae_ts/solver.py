@@ -23,6 +23,13 @@ never steering against a target latent. Where the effect model predicts well onl
 directions it was fitted on (SAE decoder rows: Gemma 3 270M's), the whole-space optimum exploits
 its errors; inside the span it cannot.
 
+With a :class:`~sae_ts.effect_model.FirstTokenEffectModel`, ``solve(..., lm=model, sae=sae)``
+starts ``"targeted"`` from its linear part's solution and ascends the same objective with the
+whole model, ``e(v) = v W_direct + π̃(v) M + b_direct``: the first-token prior ``π(v)`` is
+measured and differentiated on the language model at each step (one forward and backward pass
+per effect prompt). The linear part is plain ridge and cannot see which tokens a vector tips the
+model into; the whole model can.
+
 :func:`refine` closes the loop: measure the solved vector's real effect, treat the model's error as
 a local bias correction, solve again, and report predicted vs measured at each step.
 """
@@ -39,7 +46,7 @@ import numpy as np
 import torch
 from scipy.optimize import brentq
 
-from .effect_model import DisruptionEffectModel, LinearEffectModel
+from .effect_model import DisruptionEffectModel, FirstTokenEffectModel, LinearEffectModel
 from .errors import ConfigError
 from .types import LanguageModel, Method
 
@@ -470,6 +477,51 @@ def _solve_targeted(
                "disruption_path": tried_list, "grid": [(s[0], s[2]) for s in sols]}  # fmt: skip
 
 
+def _ascend_first_token(
+    model: FirstTokenEffectModel,
+    target: Target,
+    t: torch.Tensor,
+    v0: torch.Tensor,
+    mm: float,
+    hold_weight: float,
+    prior: Callable[[torch.Tensor], torch.Tensor],
+    steps: int,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """From ``v0``, ascend ``targeted``'s objective ``a·e(v) - μ Σ_j w_j e_j(v)²`` on the unit
+    sphere with the whole first-token model, ``e(v) = v W_direct + π̃(v) M + b_direct``, ``π(v)``
+    measured (and differentiated) on the language model at every step. Each step moves along the
+    tangent gradient by an angle that grows on success and halves on failure."""
+    w = torch.ones(model.d_sae)
+    w[[*map(int, target.raise_), *map(int, target.suppress)]] = 0.0
+    w[[int(i) for i in target.hold]] = hold_weight
+    a = t.float()
+
+    def value_grad(v: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
+        x = v.detach().clone().requires_grad_(True)
+        e = model.predict(x[None], prior(x[None]))[0]
+        J = (a * e).sum() - mm * (w * e * e).sum()
+        (g,) = torch.autograd.grad(J, x)
+        return float(J.detach()), e.detach(), g
+
+    v = _unit(v0.double()).float()
+    J, e, g = value_grad(v)
+    start, angle, accepted = J, 0.1, 0
+    for _ in range(steps):
+        gt = g - (g @ v) * v
+        if not gt.norm() > 0:
+            break
+        cand = _unit((v + angle * gt / gt.norm()).double()).float()
+        Jc, ec, gc = value_grad(cand)
+        if Jc > J:
+            v, J, e, g, accepted = cand, Jc, ec, gc, accepted + 1
+            angle = min(2 * angle, 0.5)
+        else:
+            angle /= 2
+    info = {"objective": [start, J], "steps": steps, "accepted": accepted,
+            "cos_to_linear": float(v @ _unit(v0.double()).float())}  # fmt: skip
+    return v, {"predicted": target_stats(e, target), "first_token": info}
+
+
 def solve_with_info(
     model: LinearEffectModel,
     target: Target | Mapping[int, float] | Sequence[int] | int,
@@ -482,17 +534,29 @@ def solve_with_info(
     lm: LanguageModel | None = None,
     max_disruption: float | None = None,
     within: torch.Tensor | None = None,
+    sae: Any = None,
+    ascent_steps: int = 16,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Like :func:`solve`, and also a dict: ``method``, ``predicted`` stats, and the method's
     parameters (``lam`` for ``"sae_ts"``; ``mu``, ``mu_scale`` and the μ ``grid`` for
-    ``"targeted"``)."""
+    ``"targeted"``; ``first_token``, the ascent's record, with a first-token model and ``lm``)."""
     tgt = target if isinstance(target, Target) else Target.of(target)
     t = tgt.dense(model.d_sae)
     z_of: Callable[[torch.Tensor], torch.Tensor] | None = None
-    if lm is not None:
+    whole = lm is not None and isinstance(model, FirstTokenEffectModel)
+    if lm is not None and not whole:
         if not isinstance(model, DisruptionEffectModel):
-            raise ConfigError("lm= is for a DisruptionEffectModel (it measures z(v) on the lm)")
+            raise ConfigError(
+                "lm= is for a DisruptionEffectModel (it measures z(v) on the lm) or a "
+                "FirstTokenEffectModel (with sae=: it measures the first-token prior)"
+            )
         z_of = functools.partial(model.measure_z, lm)
+    if whole and sae is None:
+        raise ConfigError("a FirstTokenEffectModel with lm= also needs sae= (the prior's SAE)")
+    if whole and within is not None:
+        raise ConfigError("within= and the first-token ascent (lm= and sae=) do not combine")
+    if ascent_steps < 0:
+        raise ConfigError(f"ascent_steps must be >= 0, got {ascent_steps}")
 
     if method != "pinv" and not (model.W.double() @ t.double()).norm() > 0:
         raise ConfigError(
@@ -515,22 +579,36 @@ def solve_with_info(
         )
         if basis is not None:
             info["within_rank"] = basis.shape[0]
+        if whole:
+            assert isinstance(model, FirstTokenEffectModel) and lm is not None
+            v, more = _ascend_first_token(
+                model, tgt, t, v, info["mu"] * info["mu_scale"], hold_weight,
+                model.prior_of(lm, sae), ascent_steps,
+            )  # fmt: skip
+            info.update(more)
     else:
         raise ConfigError(f"unknown method {method!r}; use 'sae_ts', 'pinv' or 'targeted'")
     if "predicted" in info:  # targeted's: already scored as above (with z when lm is given)
         predicted = info.pop("predicted")
     else:
-        predicted = _predicted(model, v, tgt, lm)
+        predicted = _predicted(model, v, tgt, lm, sae)
     info = {"method": method, "predicted": predicted, **info}
     return v, info
 
 
 def _predicted(
-    model: LinearEffectModel, v: torch.Tensor, tgt: Target, lm: LanguageModel | None
+    model: LinearEffectModel,
+    v: torch.Tensor,
+    tgt: Target,
+    lm: LanguageModel | None,
+    sae: Any = None,
 ) -> dict[str, float]:
-    """The predicted stats of ``v``: with ``z(v)`` measured on ``lm`` for a disruption model."""
+    """The predicted stats of ``v``: with ``z(v)`` measured on ``lm`` for a disruption model,
+    with the prior measured on ``lm`` and ``sae`` for a first-token model."""
     if lm is not None and isinstance(model, DisruptionEffectModel):
         return target_stats(model.predict_measured(lm, v), tgt)
+    if lm is not None and sae is not None and isinstance(model, FirstTokenEffectModel):
+        return target_stats(model.predict_measured(lm, sae, v), tgt)
     return predicted_stats(model, v, tgt)
 
 
@@ -546,6 +624,8 @@ def solve(
     lm: LanguageModel | None = None,
     max_disruption: float | None = None,
     within: torch.Tensor | None = None,
+    sae: Any = None,
+    ascent_steps: int = 16,
 ) -> torch.Tensor:
     """A unit steering direction ``[d_model]`` for ``target`` under the effect model.
 
@@ -574,13 +654,20 @@ def solve(
         within: ``"targeted"`` only: rows ``[k, d_model]`` whose span the solution must lie in,
             e.g. :func:`decoder_span`'s few decoder rows, so the solver stays where the effect
             model was fitted instead of exploiting its errors elsewhere.
+        sae: with a :class:`~sae_ts.effect_model.FirstTokenEffectModel` and ``lm``, the SAE its
+            prior reads. ``"targeted"`` then starts from the linear part's solution and ascends
+            the same objective with the whole model (the first-token prior measured and
+            differentiated on ``lm``), for ``ascent_steps`` steps; other methods are scored with
+            the whole model.
+        ascent_steps: the number of ascent steps (each one forward and backward pass per
+            prompt of the model's record).
 
     :func:`solve_with_info` also returns the predicted statistics (and μ for ``"targeted"``).
     """
     v, _ = solve_with_info(
         model, target, method, lam=lam, mu=mu, hold_weight=hold_weight,
         min_target_fraction=min_target_fraction, lm=lm, max_disruption=max_disruption,
-        within=within,
+        within=within, sae=sae, ascent_steps=ascent_steps,
     )  # fmt: skip
     return v
 

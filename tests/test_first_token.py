@@ -7,6 +7,7 @@ import torch
 
 from sae_ts.effect_model import (
     FirstTokenEffectModel,
+    LinearEffectModel,
     dataset_prior,
     effect_metrics,
     fit,
@@ -15,9 +16,10 @@ from sae_ts.effect_model import (
 )
 from sae_ts.effects import EffectDataset
 from sae_ts.errors import ArtifactError, ConfigError
-from sae_ts.first_token import first_token_prior
+from sae_ts.experiments.compare.run import DEFAULT_METHODS, METHODS, Task, build_vectors
+from sae_ts.first_token import FirstTokenPrior, first_token_prior
 from sae_ts.generation import _candidates
-from sae_ts.solver import solve
+from sae_ts.solver import Target, solve, solve_with_info, target_stats
 from sae_ts.steering import steer
 from sae_ts.testing import tiny_loaded
 
@@ -154,3 +156,72 @@ def test_first_token_model_round_trip_and_checks(tmp_path):
     st.write_bytes(st.read_bytes()[:-8])
     with pytest.raises(ArtifactError):
         load_effect_model(stem)
+
+
+def test_first_token_prior_callable_is_differentiable():
+    lm, sae, _ = tiny_loaded(seed=2)
+    prior = FirstTokenPrior(lm, sae, HOOK, 6.0, PROMPTS, **SAMPLING)
+    V = unit(3, lm.cfg.d_model, 1)
+    with torch.no_grad():
+        assert torch.equal(prior(V), first_token_prior(lm, sae, HOOK, V, 6.0, PROMPTS,
+                                                       progress=False, **SAMPLING))  # fmt: skip
+    # the autograd directional derivative against central differences
+    v, u = V[0].clone().requires_grad_(True), unit(1, lm.cfg.d_model, 2)[0]
+    w = torch.randn(sae.W_dec.shape[0], generator=torch.Generator().manual_seed(0))
+    (g,) = torch.autograd.grad((prior(v[None])[0] * w).sum(), v)
+    with torch.no_grad():
+        eps = 1e-3
+        fd = ((prior((V[0] + eps * u)[None]) - prior((V[0] - eps * u)[None]))[0] * w).sum()
+    assert g.abs().sum() > 0
+    assert abs(float(g @ u) - float(fd) / (2 * eps)) < 2e-2 * max(1.0, abs(float(g @ u)))
+
+
+def test_targeted_ascends_the_whole_first_token_model():
+    lm, sae, ds, P = campaign()
+    model, _ = fit(ds, "ridge_first_token", holdout=80, prior=P)
+    # the target: the feature the prior moves most across the campaign
+    j = int(P.abs().mean(0).argmax())
+    tgt = Target.of({j: 1.0})
+    v0, lin = solve_with_info(model, tgt, "targeted")
+    v, info = solve_with_info(model, tgt, "targeted", lm=lm, sae=sae, ascent_steps=12)
+    ft = info["first_token"]
+    assert abs(float(v.norm()) - 1) < 1e-5 and ft["objective"][1] >= ft["objective"][0]
+    assert ft["accepted"] >= 1 and ft["cos_to_linear"] < 1.0
+    # the reported prediction is the whole model's, the prior measured at the solution
+    assert info["predicted"] == pytest.approx(
+        target_stats(model.predict_measured(lm, sae, v), tgt), rel=1e-4, abs=1e-5
+    )
+    # the objective, measured independently, rose from the linear solution's
+    mm = info["mu"] * info["mu_scale"]
+    w = torch.ones(model.d_sae)
+    w[j] = 0.0
+
+    def objective(x: torch.Tensor) -> float:
+        e = model.predict_measured(lm, sae, x)
+        return float(e[j] - mm * (w * e * e).sum())
+
+    assert objective(v) > objective(v0)
+    # no steps: the linear part's solution, scored with the whole model
+    v_0, info_0 = solve_with_info(model, tgt, "targeted", lm=lm, sae=sae, ascent_steps=0)
+    assert torch.equal(v_0, v0) and info_0["first_token"]["accepted"] == 0
+    assert lin["mu"] == info["mu"]
+    with pytest.raises(ConfigError, match="needs sae="):
+        solve(model, tgt, "targeted", lm=lm)
+    with pytest.raises(ConfigError, match="do not combine"):
+        solve(model, tgt, "targeted", lm=lm, sae=sae, within=torch.eye(lm.cfg.d_model)[:2])
+    with pytest.raises(ConfigError, match="ascent_steps"):
+        solve(model, tgt, "targeted", lm=lm, sae=sae, ascent_steps=-1)
+
+
+def test_comparison_row_targeted_ft():
+    lm, sae, ds, P = campaign(n=160)
+    model, _ = fit(ds, "ridge_first_token", holdout=40, prior=P)
+    task = Task("t", ["a pos text"], ["a neg text"], "score", "coherence")
+    tgt = Target.of({int(P.abs().mean(0).argmax()): 1.0})
+    got = build_vectors(lm, sae, task, HOOK, model, tgt, ["targeted", "targeted_ft"])
+    assert torch.equal(got["targeted_ft"], solve(model, tgt, "targeted", lm=lm, sae=sae))
+    assert torch.equal(got["targeted"], solve(model, tgt, "targeted"))
+    plain = LinearEffectModel(model.W, model.b)
+    with pytest.raises(ConfigError, match="needs a first-token effect model"):
+        build_vectors(lm, sae, task, HOOK, plain, tgt, ["targeted_ft"])
+    assert "targeted_ft" in METHODS and "targeted_ft" not in DEFAULT_METHODS

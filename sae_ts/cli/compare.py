@@ -9,6 +9,7 @@ from typing import Any
 
 from ..backends import BACKENDS
 from ..experiments.compare.run import (
+    DEFAULT_METHODS,
     METHODS,
     judges_from_args,
     parse_feature_overrides,
@@ -75,7 +76,7 @@ def add_cli_commands(sub: Any) -> None:
     )
     p.add_argument(
         "--methods",
-        default=",".join(METHODS),
+        default=",".join(DEFAULT_METHODS),
         help=f"comma-separated, from {','.join(METHODS)} (prompt: the concept as an instruction)",
     )
     p.add_argument(

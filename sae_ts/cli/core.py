@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from ..baselines import find_features
 from ..effect_model import (
     FIT_METHODS,
+    FirstTokenEffectModel,
     dataset_disruption,
     dataset_prior,
     fit,
@@ -31,7 +32,7 @@ from ..effects import (
 )
 from ..errors import ConfigError
 from ..evaluation import measure_vector
-from ..loading import Loaded
+from ..loading import Loaded, load_default
 from ..models import EMBEDDED_MODELS, embedded_spec
 from ..sae import load_default_sae, load_sae
 from ..solver import Target, solve_in_decoder_span, solve_with_info
@@ -157,7 +158,24 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 def _cmd_solve(args: argparse.Namespace) -> int:
     em = load_effect_model(args.effect_model)
     target = target_from_args(args)
-    if args.in_decoder_span is None:
+    if args.first_token:
+        if not isinstance(em, FirstTokenEffectModel):
+            raise ConfigError(
+                "--first-token needs a first-token effect model (sae-ts fit --method "
+                f"ridge_first_token), not a {type(em).__name__}"
+            )
+        if args.in_decoder_span is not None:
+            raise ConfigError("--first-token and --in-decoder-span do not combine")
+        lm = load_default(model=_embedded_key(em.record.get("model", ""))).model
+        sae = load_sae(args.sae) if args.sae else _embedded_sae_of(em.record.get("model", ""))
+        print(f"ascending the whole first-token model on {lm.cfg.model_name}")
+        v, info = solve_with_info(em, target, args.method, lam=args.lam, lm=lm, sae=sae)
+        if "first_token" in info:
+            ft = info["first_token"]
+            print(f"objective {ft['objective'][0]:.4g} -> {ft['objective'][1]:.4g} "
+                  f"({ft['accepted']} of {ft['steps']} steps taken; cosine to the linear "
+                  f"solution {ft['cos_to_linear']:.3f})")  # fmt: skip
+    elif args.in_decoder_span is None:
         v, info = solve_with_info(em, target, args.method, lam=args.lam)
     else:
         if args.method != "targeted":
@@ -177,10 +195,21 @@ def _cmd_solve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _embedded_key(model_name: str) -> str:
+    """The key of the embedded model an effect model was measured on."""
+    try:
+        return embedded_spec(model_name).key
+    except ConfigError as e:
+        raise ConfigError(
+            f"the effect model was measured on {model_name!r}, not an embedded model: "
+            "use the Python API (sae_ts.solve with lm= and sae=)"
+        ) from e
+
+
 def _embedded_sae_of(model_name: str) -> Any:
     """The shipped SAE of the embedded model an effect model was measured on."""
     try:
-        key = embedded_spec(model_name).key
+        key = _embedded_key(model_name)
     except ConfigError as e:
         raise ConfigError(
             f"the effect model was measured on {model_name!r}, not an embedded model: "
@@ -285,8 +314,15 @@ def add_cli_commands(sub: Any) -> None:
         "never against a target latent (solve_in_decoder_span; the demo uses K=0 on Gemma 3 270M)",
     )  # fmt: skip
     p.add_argument(
+        "--first-token", action="store_true",
+        help="targeted with a first-token effect model (fit method ridge_first_token): ascend the "
+        "whole model from the linear part's solution, its prior measured on the embedded model "
+        "the effect model was fitted on",
+    )  # fmt: skip
+    p.add_argument(
         "--sae", default=None,
-        help="with --in-decoder-span: a sae-lens SAE directory (default: the embedded model's)",
+        help="with --in-decoder-span or --first-token: a sae-lens SAE directory (default: the "
+        "embedded model's)",
     )  # fmt: skip
     p.add_argument("--out", required=True)
     p.set_defaults(func=_cmd_solve)

@@ -204,6 +204,15 @@ def test_core_pipeline_end_to_end_on_the_real_model(tmp_path, capsys):
     assert "first-token prior of 12 vectors" in capsys.readouterr().out
     rec = json.loads((tmp_path / "emf.json").read_text())
     assert rec["kind"] == "first_token_effect_model" and rec["first_token"]["top_k"] is not None
+    # targeted ascending the whole first-token model, its prior measured on the embedded model
+    vf = ["solve", "--effect-model", str(tmp_path / "emf"), "--features", "1:1.0,2:0.5"]
+    assert main([*vf, "--out", str(tmp_path / "vf"), "--first-token"]) == 0
+    out = capsys.readouterr().out
+    assert "ascending the whole first-token model" in out and "steps taken" in out
+    assert (
+        main([*vf, "--out", str(tmp_path / "vf"), "--first-token", "--in-decoder-span", "0"]) == 1
+    )
+    assert "do not combine" in capsys.readouterr().err
     solve_d = ["--features", "1:1.0,2:0.5", "--out", str(tmp_path / "vd")]
     assert main(["solve", "--effect-model", str(tmp_path / "emd"), *solve_d]) == 0
     # within the target latents' decoder rows (the embedded model's SAE, read from the record)
@@ -214,6 +223,8 @@ def test_core_pipeline_end_to_end_on_the_real_model(tmp_path, capsys):
     assert saved["target"]["raise"] == {"1": 1.0, "2": 0.5}
     assert main([*span, "--method", "sae_ts"]) == 1
     assert "--in-decoder-span is a constraint of --method targeted" in capsys.readouterr().err
+    assert main([*span[:-2], "--first-token"]) == 1
+    assert "--first-token needs a first-token effect model" in capsys.readouterr().err
     assert (
         main(
             [

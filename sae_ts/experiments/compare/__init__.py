@@ -9,7 +9,7 @@ public API; everything else is importable from its module.
 
 from __future__ import annotations
 
-from .config import FULL_NORMS, METHODS, CompareConfig
+from .config import DEFAULT_METHODS, FULL_NORMS, METHODS, CompareConfig
 from .generation import Generations, paired_generations
 from .run import (
     build_vectors,
@@ -22,6 +22,7 @@ from .run import (
 from .tasks import Task, TaskRoles, load_task, split_roles
 
 __all__ = [
+    "DEFAULT_METHODS",
     "FULL_NORMS",
     "METHODS",
     "CompareConfig",

@@ -51,7 +51,13 @@ import torch
 from ...artifacts import read_checkpoint, write_checkpoint
 from ...backends import Backend
 from ...baselines import caa_vector, sae_latent_vector
-from ...effect_model import EMBEDDED_EFFECT_MODELS, LinearEffectModel, load_default_effect_model
+from ...effect_model import (
+    EMBEDDED_EFFECT_MODELS,
+    FirstTokenEffectModel,
+    LinearEffectModel,
+    load_default_effect_model,
+)
+from ...effect_model import load_effect_model as _load_saved
 from ...effects import sae_fingerprint, typical_residual_norm
 from ...errors import ConfigError, MissingFileError
 from ...executors import Executor, LocalExecutor
@@ -70,7 +76,7 @@ from ...solver import (
 )
 from ...targets import LatentDensity, latent_density
 from ...types import LanguageModel, SAELike
-from .config import METHODS, SOLVED, STEERED, CompareConfig
+from .config import DEFAULT_METHODS, METHODS, SOLVED, STEERED, CompareConfig
 from .generation import Generations, instructed_prompt, paired_generations
 from .judges import (
     JudgeFactory,
@@ -93,6 +99,7 @@ from .stats import (
 from .tasks import Task, TaskRoles, load_task, split_roles
 
 __all__ = [
+    "DEFAULT_METHODS",
     "METHODS",
     "CompareConfig",
     "Generations",
@@ -122,16 +129,19 @@ def build_vectors(
     hook_name: str,
     effect_model: LinearEffectModel | None,
     target: Target,
-    methods: Sequence[str] = STEERED,
+    methods: Sequence[str] | None = None,
     fgaa_target: Target | None = None,
 ) -> dict[str, torch.Tensor]:
     """Unit vectors for each steered method from the build-role texts.
 
     CAA is the mean difference of activations; ``sae`` the weighted decoder rows of ``target``'s
     raised latents; ``sae_ts`` (the paper's rule) and ``targeted`` solve for ``target`` with the
-    effect model, ``targeted_span`` within ``target``'s own decoder rows; ``fgaa`` is the paper's
+    effect model, ``targeted_span`` within ``target``'s own decoder rows, ``targeted_ft`` ascending
+    the whole first-token model from ``targeted``'s solution; ``fgaa`` is the paper's
     rule on FGAA's own target (``fgaa_target``).
     """
+    if methods is None:
+        methods = [m for m in DEFAULT_METHODS if m != "prompt"]
     unknown = set(methods) - set(STEERED)
     if not methods:
         raise ConfigError(f"no methods to compare; choose from {METHODS}")
@@ -152,6 +162,13 @@ def build_vectors(
                 out[m] = solve(effect_model, fgaa_target, "sae_ts")
             elif m == "targeted_span":
                 out[m] = solve_in_decoder_span(effect_model, sae.W_dec, target)[0]
+            elif m == "targeted_ft":
+                if not isinstance(effect_model, FirstTokenEffectModel):
+                    raise ConfigError(
+                        "method 'targeted_ft' needs a first-token effect model (fit method "
+                        f"ridge_first_token), not a {type(effect_model).__name__}"
+                    )
+                out[m] = solve(effect_model, target, "targeted", lm=model, sae=sae)
             else:
                 out[m] = solve(effect_model, target, "sae_ts" if m == "sae_ts" else "targeted")
     return out
@@ -276,7 +293,7 @@ def compare_task(
     hook_name: str,
     task: Task,
     effect_model: LinearEffectModel | None,
-    methods: Sequence[str] = METHODS,
+    methods: Sequence[str] = DEFAULT_METHODS,
     cfg: CompareConfig | None = None,
     embedder: Any = None,
     out_dir: Path | None = None,
@@ -427,8 +444,7 @@ def load_effect_model(
             return load_default_effect_model(model), str(EMBEDDED_EFFECT_MODELS[model])
         except FileNotFoundError as e:
             raise MissingFileError(str(e)) from e
-    em = LinearEffectModel.load(path)
-    return LinearEffectModel(em.W.float(), em.b.float(), em.record), str(path)
+    return _load_saved(path), str(path)
 
 
 def parse_feature_overrides(specs: Sequence[str]) -> dict[str, dict[int, float]]:
@@ -452,7 +468,7 @@ def parse_feature_overrides(specs: Sequence[str]) -> dict[str, dict[int, float]]
 
 def run_comparison(
     task_dirs: Sequence[str | Path],
-    methods: Sequence[str] = METHODS,
+    methods: Sequence[str] = DEFAULT_METHODS,
     budget: str = "quick",
     seed: int = 0,
     effect_model_path: str | Path | None = None,
