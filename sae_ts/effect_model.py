@@ -614,11 +614,7 @@ class FirstTokenEffectModel(LinearEffectModel):
         self, model: LanguageModel, sae: Any, V: torch.Tensor, progress: bool = False
     ) -> torch.Tensor:
         """:func:`first_token_prior` of each row of ``V`` at the recorded settings."""
-        d = self.prior_spec()
-        return first_token_prior(
-            model, sae, d["hook"], V, d["scale"], d["prompts"], sae_hook=d.get("sae_hook"),
-            temperature=d["temperature"], top_k=d["top_k"], top_p=d["top_p"], progress=progress,
-        )  # fmt: skip
+        return _measured_prior(model, sae, self.prior_spec(), V, progress)
 
     def predict_measured(
         self, model: LanguageModel, sae: Any, v: torch.Tensor, progress: bool = False
@@ -663,10 +659,17 @@ def dataset_prior(
 ) -> torch.Tensor:
     """:func:`first_token_prior` of every vector of an effect dataset, at its campaign's hooks,
     scale, prompts and sampling settings: the ``prior`` that ``ridge_first_token`` fits on."""
-    d = prior_spec(ds)
+    return _measured_prior(model, sae, prior_spec(ds), ds.inputs.float(), progress)
+
+
+def _measured_prior(
+    model: LanguageModel, sae: Any, spec: dict[str, Any], V: torch.Tensor, progress: bool
+) -> torch.Tensor:
+    """:func:`first_token_prior` of the rows of ``V`` at the settings of :func:`prior_spec`."""
     return first_token_prior(
-        model, sae, d["hook"], ds.inputs.float(), d["scale"], d["prompts"], sae_hook=d["sae_hook"],
-        temperature=d["temperature"], top_k=d["top_k"], top_p=d["top_p"], progress=progress,
+        model, sae, spec["hook"], V, spec["scale"], spec["prompts"], sae_hook=spec.get("sae_hook"),
+        temperature=spec["temperature"], top_k=spec["top_k"], top_p=spec["top_p"],
+        progress=progress,
     )  # fmt: skip
 
 

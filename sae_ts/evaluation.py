@@ -84,9 +84,8 @@ def measure_vector(
             pred = effect_model.predict(unit[None].to(effect_model.W), z)[0].to(effect)
             m.extra["next_token_kl"] = float(z[0])  # at the effect model's scale
         elif isinstance(effect_model, FirstTokenEffectModel):  # the prior: one forward pass
-            u = unit[None].to(effect_model.W)
-            prior = effect_model.measure_prior(estimator.model, estimator.sae, u)
-            pred = effect_model.predict(u, prior)[0].to(effect)
+            u = unit.to(effect_model.W)
+            pred = effect_model.predict_measured(estimator.model, estimator.sae, u).to(effect)
         else:
             pred = effect_model.predict(unit)
         m.predicted = target_stats(pred, target)

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from ._util import hook_layer, to_tokens
 from .backends import is_bridge
-from .disruption import _check_vectors, _checked, _last_logits
+from .disruption import _check_vectors, _last_logits
 from .errors import ConfigError
 from .generation import candidate_probs
 from .steering import steer
@@ -170,7 +170,7 @@ def first_token_prior(
     :func:`sae_ts.generation.sample`; :func:`sae_ts.effect_model.prior_spec` takes a campaign's temperature and
     top-k and leaves ``top_p`` out.
     """
-    prompts = _checked(model, vectors, prompts, "first_token_prior")
+    _check_vectors(model, vectors)
     prior = FirstTokenPrior(
         model, sae, hook, scale, prompts, sae_hook=sae_hook, temperature=temperature,
         top_k=top_k, top_p=top_p,

@@ -368,6 +368,15 @@ def solve_in_decoder_span(
     return v, info
 
 
+def _penalty_weights(target: Target, d_sae: int, hold_weight: float) -> torch.Tensor:
+    """``targeted``'s off-target weights ``w_j`` (float64): 0 on the target's raise and suppress
+    features, ``hold_weight`` on its hold features, 1 elsewhere."""
+    w = torch.ones(d_sae, dtype=torch.float64)
+    w[[*map(int, target.raise_), *map(int, target.suppress)]] = 0.0
+    w[[int(i) for i in target.hold]] = hold_weight
+    return w
+
+
 def _solve_targeted(
     model: LinearEffectModel,
     target: Target,
@@ -385,11 +394,7 @@ def _solve_targeted(
     if basis is not None:
         W = basis @ W
     b = model.b.double().numpy()
-    d_sae = W.shape[1]
-    keep = np.ones(d_sae, dtype=bool)
-    keep[[*map(int, target.raise_), *map(int, target.suppress)]] = False
-    weight = keep.astype(np.float64)
-    weight[[int(i) for i in target.hold]] = hold_weight
+    weight = _penalty_weights(target, W.shape[1], hold_weight).numpy()
     Ww = W * weight  # W diag(weight)
     Q0 = Ww @ W.T  # quadratic part of sum_j weight_j (vW)_j^2
     lin = W @ t.double().numpy()  # a · (vW)
@@ -491,9 +496,7 @@ def _ascend_first_token(
     sphere with the whole first-token model, ``e(v) = v W_direct + π̃(v) M + b_direct``, ``π(v)``
     measured (and differentiated) on the language model at every step. Each step moves along the
     tangent gradient by an angle that grows on success and halves on failure."""
-    w = torch.ones(model.d_sae)
-    w[[*map(int, target.raise_), *map(int, target.suppress)]] = 0.0
-    w[[int(i) for i in target.hold]] = hold_weight
+    w = _penalty_weights(target, model.d_sae, hold_weight).float()
     a = t.float()
 
     def value_grad(v: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:

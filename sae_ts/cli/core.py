@@ -166,8 +166,9 @@ def _cmd_solve(args: argparse.Namespace) -> int:
             )
         if args.in_decoder_span is not None:
             raise ConfigError("--first-token and --in-decoder-span do not combine")
-        lm = load_default(model=_embedded_key(em.record.get("model", ""))).model
-        sae = load_sae(args.sae) if args.sae else _embedded_sae_of(em.record.get("model", ""))
+        api = "use the Python API (sae_ts.solve with lm= and sae=)"
+        loaded = load_default(model=_embedded_key(em.record.get("model", ""), api))
+        lm, sae = loaded.model, load_sae(args.sae) if args.sae else loaded.sae
         print(f"ascending the whole first-token model on {lm.cfg.model_name}")
         v, info = solve_with_info(em, target, args.method, lam=args.lam, lm=lm, sae=sae)
         if "first_token" in info:
@@ -195,27 +196,20 @@ def _cmd_solve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _embedded_key(model_name: str) -> str:
-    """The key of the embedded model an effect model was measured on."""
+def _embedded_key(model_name: str, instead: str) -> str:
+    """The key of the embedded model an effect model was measured on; ``instead`` says what a
+    user with another model does."""
     try:
         return embedded_spec(model_name).key
     except ConfigError as e:
         raise ConfigError(
-            f"the effect model was measured on {model_name!r}, not an embedded model: "
-            "use the Python API (sae_ts.solve with lm= and sae=)"
+            f"the effect model was measured on {model_name!r}, not an embedded model: {instead}"
         ) from e
 
 
 def _embedded_sae_of(model_name: str) -> Any:
     """The shipped SAE of the embedded model an effect model was measured on."""
-    try:
-        key = _embedded_key(model_name)
-    except ConfigError as e:
-        raise ConfigError(
-            f"the effect model was measured on {model_name!r}, not an embedded model: "
-            "pass its SAE with --sae DIR"
-        ) from e
-    return load_default_sae(model=key)
+    return load_default_sae(model=_embedded_key(model_name, "pass its SAE with --sae DIR"))
 
 
 def _cmd_measure(args: argparse.Namespace) -> int:
