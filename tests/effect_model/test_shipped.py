@@ -59,7 +59,7 @@ def test_smollm2_effect_model_predicts_with_its_measured_first_token_prior(real_
     spec = em.record["first_token"]
     assert spec["hook"] == em.record["steer_hook"] and spec["top_p"] is None
     assert spec["scale"] == pytest.approx(em.record["scale"])
-    data = Path(__file__).resolve().parents[1] / "data" / "effects"
+    data = Path(__file__).resolve().parents[2] / "data" / "effects"
     ta = EffectDataset.load_dir(data / "test_a")
     tb = EffectDataset.load_dir(data / "test_b")
     train_base = EffectDataset.load_dir(data / "train").baseline
