@@ -368,6 +368,22 @@ def solve_in_decoder_span(
     return v, info
 
 
+def _checked_anchor(
+    anchor: torch.Tensor, d_model: int, method: str, anchor_weight: float
+) -> torch.Tensor:
+    """``anchor`` as a finite, non-zero ``[d_model]`` tensor, or a :class:`ConfigError`."""
+    if method != "targeted":
+        raise ConfigError(f"anchor is a term of 'targeted', not of {method!r}")
+    a = torch.as_tensor(anchor).detach().cpu()
+    if a.shape != (d_model,):
+        raise ConfigError(f"anchor must have shape [{d_model}] (d_model), got {list(a.shape)}")
+    if not bool(torch.isfinite(a).all()) or not a.double().norm() > 0:
+        raise ConfigError("anchor must be finite and non-zero")
+    if not (anchor_weight >= 0 and np.isfinite(anchor_weight)):
+        raise ConfigError(f"anchor_weight must be finite and >= 0, got {anchor_weight}")
+    return a.float()
+
+
 def _penalty_weights(target: Target, d_sae: int, hold_weight: float) -> torch.Tensor:
     """``targeted``'s off-target weights ``w_j`` (float64): 0 on the target's raise and suppress
     features, ``hold_weight`` on its hold features, 1 elsewhere."""
@@ -387,6 +403,8 @@ def _solve_targeted(
     z_of: Callable[[torch.Tensor], torch.Tensor] | None = None,
     max_disruption: float | None = None,
     basis: np.ndarray | None = None,
+    anchor: torch.Tensor | None = None,
+    anchor_weight: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     # with a basis (orthonormal rows), plan in its coordinates: v = basis.T @ a, |v| = |a|
     full = (lambda a: a) if basis is None else (lambda a: basis.T @ a)
@@ -400,7 +418,15 @@ def _solve_targeted(
     lin = W @ t.double().numpy()  # a · (vW)
     cross = Ww @ b  # from sum_j weight_j (vW)_j b_j
     # scale μ (and ν) relative to the problem so the grids mean the same for any model
-    scale = float(np.linalg.norm(lin)) / max(float(np.trace(Q0)) / Q0.shape[0], 1e-30)
+    lin_norm = float(np.linalg.norm(lin))
+    scale = lin_norm / max(float(np.trace(Q0)) / Q0.shape[0], 1e-30)
+    if anchor is not None:  # + anchor_weight |lin| (â · v): reward for staying near the anchor
+        a_ = anchor.double().numpy()
+        if basis is not None:
+            a_ = basis @ a_
+        if not np.linalg.norm(a_) > 0:
+            raise ConfigError("the anchor has no component in the solver's space (within=)")
+        lin = lin + anchor_weight * lin_norm * a_ / np.linalg.norm(a_)
     grid = [mu] if mu is not None else [0.0, *list(np.logspace(-3, 3, 25))]
     evals0, evecs0 = np.linalg.eigh(Q0)
 
@@ -450,7 +476,7 @@ def _solve_targeted(
     Fq = model.fisher.double().numpy()
     if basis is not None:
         Fq = basis @ Fq @ basis.T
-    nu_scale = float(np.linalg.norm(lin)) / max(float(np.trace(Fq)) / Fq.shape[0], 1e-30)
+    nu_scale = lin_norm / max(float(np.trace(Fq)) / Fq.shape[0], 1e-30)
     nus = [0.0, *list(np.logspace(-4, 4, 17))]
     tried: dict[int, dict[str, Any]] = {}
     found: dict[int, tuple] = {}
@@ -539,12 +565,19 @@ def solve_with_info(
     within: torch.Tensor | None = None,
     sae: Any = None,
     ascent_steps: int = 16,
+    anchor: torch.Tensor | None = None,
+    anchor_weight: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Like :func:`solve`, and also a dict: ``method``, ``predicted`` stats, and the method's
     parameters (``lam`` for ``"sae_ts"``; ``mu``, ``mu_scale`` and the μ ``grid`` for
-    ``"targeted"``; ``first_token``, the ascent's record, with a first-token model and ``lm``)."""
+    ``"targeted"``; ``first_token``, the ascent's record, with a first-token model and ``lm``;
+    ``anchor_cosine``, the solution's cosine to the anchor, with ``anchor``)."""
     tgt = target if isinstance(target, Target) else Target.of(target)
     t = tgt.dense(model.d_sae)
+    if anchor is not None:
+        anchor = _checked_anchor(anchor, model.d_model, method, anchor_weight)
+        if lm is not None and isinstance(model, FirstTokenEffectModel):
+            raise ConfigError("anchor= and the first-token ascent (lm= and sae=) do not combine")
     z_of: Callable[[torch.Tensor], torch.Tensor] | None = None
     whole = lm is not None and isinstance(model, FirstTokenEffectModel)
     if lm is not None and not whole:
@@ -578,10 +611,14 @@ def solve_with_info(
         v, info = _solve_pinv(model, t), {}
     elif method == "targeted":
         v, info = _solve_targeted(
-            model, tgt, t, mu, hold_weight, min_target_fraction, z_of, max_disruption, basis
-        )
+            model, tgt, t, mu, hold_weight, min_target_fraction, z_of, max_disruption, basis,
+            anchor, anchor_weight,
+        )  # fmt: skip
         if basis is not None:
             info["within_rank"] = basis.shape[0]
+        if anchor is not None:
+            info["anchor_weight"] = anchor_weight
+            info["anchor_cosine"] = float(_unit(v.double()) @ _unit(anchor.double()))
         if whole:
             assert isinstance(model, FirstTokenEffectModel) and lm is not None
             v, more = _ascend_first_token(
@@ -629,6 +666,8 @@ def solve(
     within: torch.Tensor | None = None,
     sae: Any = None,
     ascent_steps: int = 16,
+    anchor: torch.Tensor | None = None,
+    anchor_weight: float = 1.0,
 ) -> torch.Tensor:
     """A unit steering direction ``[d_model]`` for ``target`` under the effect model.
 
@@ -664,13 +703,20 @@ def solve(
             the whole model.
         ascent_steps: the number of ascent steps (each one forward and backward pass per
             prompt of the model's record).
+        anchor: ``"targeted"`` only: a direction ``[d_model]`` to stay near, e.g. a CAA vector.
+            The objective gains ``anchor_weight · |W a| · (â · v)``, so the solution trades the
+            anchor's direction against the target effect and the off-target penalty: the
+            effect model corrects a supervised vector instead of replacing it. Not with the
+            first-token ascent.
+        anchor_weight: the anchor term's weight relative to the target term (1: equal).
 
     :func:`solve_with_info` also returns the predicted statistics (and μ for ``"targeted"``).
     """
     v, _ = solve_with_info(
         model, target, method, lam=lam, mu=mu, hold_weight=hold_weight,
         min_target_fraction=min_target_fraction, lm=lm, max_disruption=max_disruption,
-        within=within, sae=sae, ascent_steps=ascent_steps,
+        within=within, sae=sae, ascent_steps=ascent_steps, anchor=anchor,
+        anchor_weight=anchor_weight,
     )  # fmt: skip
     return v
 

@@ -211,6 +211,8 @@ def test_targeted_ascends_the_whole_first_token_model():
         solve(model, tgt, "targeted", lm=lm, sae=sae, within=torch.eye(lm.cfg.d_model)[:2])
     with pytest.raises(ConfigError, match="ascent_steps"):
         solve(model, tgt, "targeted", lm=lm, sae=sae, ascent_steps=-1)
+    with pytest.raises(ConfigError, match="anchor= and the first-token ascent"):
+        solve(model, tgt, "targeted", lm=lm, sae=sae, anchor=torch.ones(lm.cfg.d_model))
 
 
 def test_comparison_row_targeted_ft():

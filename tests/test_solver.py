@@ -236,3 +236,53 @@ def test_solve_in_decoder_span_never_steers_against_a_target_latent():
         assert torch.allclose(back.float(), v, atol=1e-5)  # the weights reproduce the vector
         checked += 1
     assert checked >= 5 and fallbacks >= 1
+
+
+def test_anchor_trades_the_anchor_against_the_target():
+    """``anchor=`` adds ``κ |W a| (â · v)`` to targeted's objective: κ = 0 is plain ``targeted``,
+    a large κ returns the anchor, and at a fixed μ the solution is the exact maximiser."""
+    from sae_ts.errors import ConfigError
+
+    g = torch.Generator().manual_seed(6)
+    W, b = torch.randn(12, 40, generator=g), torch.randn(40, generator=g).abs()
+    model = LinearEffectModel(W, b)
+    tgt = Target.of({0: 1.0, 1: 0.5})
+    anchor = torch.randn(12, generator=g) * 3.0
+    plain = solve(model, tgt, "targeted", mu=1.0)
+    assert torch.allclose(
+        solve(model, tgt, "targeted", mu=1.0, anchor=anchor, anchor_weight=0.0), plain
+    )
+    cosines = []
+    for k in (0.5, 2.0, 1e4):
+        v, info = solve_with_info(model, tgt, "targeted", mu=1.0, anchor=anchor, anchor_weight=k)
+        assert info["anchor_weight"] == k and abs(float(v.norm()) - 1) < 1e-5
+        cosines.append(info["anchor_cosine"])
+    assert cosines[0] < cosines[1] < cosines[2] and cosines[2] > 0.999, cosines
+
+    v, info = solve_with_info(model, tgt, "targeted", mu=1.0, anchor=anchor, anchor_weight=1.0)
+    t, mm = tgt.dense(40).double(), info["mu_scale"]
+    wt = torch.ones(40, dtype=torch.float64)
+    wt[[0, 1]] = 0
+    a_hat = anchor.double() / anchor.norm()
+    pull = float((W.double() @ t).norm())
+
+    def objective(x):
+        e = x.double() @ W.double() + b.double()
+        return float(t @ e + pull * (a_hat @ x.double()) - mm * (wt * e**2).sum())
+
+    best = objective(v)
+    rng = np.random.default_rng(1)
+    for _ in range(2000):
+        x = torch.as_tensor(rng.normal(size=12))
+        assert objective(x / x.norm()) <= best + 1e-6
+
+    with pytest.raises(ConfigError, match=r"anchor must have shape \[12\]"):
+        solve(model, tgt, anchor=torch.ones(5))
+    with pytest.raises(ConfigError, match="finite and non-zero"):
+        solve(model, tgt, anchor=torch.full((12,), float("nan")))
+    with pytest.raises(ConfigError, match="finite and non-zero"):
+        solve(model, tgt, anchor=torch.zeros(12))
+    with pytest.raises(ConfigError, match="anchor_weight must be"):
+        solve(model, tgt, anchor=anchor, anchor_weight=-1.0)
+    with pytest.raises(ConfigError, match="anchor is a term of 'targeted'"):
+        solve(model, tgt, "sae_ts", anchor=anchor)

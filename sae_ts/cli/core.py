@@ -164,8 +164,8 @@ def _cmd_solve(args: argparse.Namespace) -> int:
                 "--first-token needs a first-token effect model (sae-ts fit --method "
                 f"ridge_first_token), not a {type(em).__name__}"
             )
-        if args.in_decoder_span is not None:
-            raise ConfigError("--first-token and --in-decoder-span do not combine")
+        if args.in_decoder_span is not None or args.anchor is not None:
+            raise ConfigError("--first-token combines with neither --in-decoder-span nor --anchor")
         api = "use the Python API (sae_ts.solve with lm= and sae=)"
         loaded = load_default(model=_embedded_key(em.record.get("model", ""), api))
         lm, sae = loaded.model, load_sae(args.sae) if args.sae else loaded.sae
@@ -177,10 +177,17 @@ def _cmd_solve(args: argparse.Namespace) -> int:
                   f"({ft['accepted']} of {ft['steps']} steps taken; cosine to the linear "
                   f"solution {ft['cos_to_linear']:.3f})")  # fmt: skip
     elif args.in_decoder_span is None:
-        v, info = solve_with_info(em, target, args.method, lam=args.lam)
+        anchor = None if args.anchor is None else _anchor_of(args.anchor, em.record)
+        v, info = solve_with_info(
+            em, target, args.method, lam=args.lam, anchor=anchor, anchor_weight=args.anchor_weight
+        )
+        if "anchor_cosine" in info:
+            print(f"cosine to the anchor {info['anchor_cosine']:.3f}")
     else:
         if args.method != "targeted":
             raise ConfigError("--in-decoder-span is a constraint of --method targeted")
+        if args.anchor is not None:
+            raise ConfigError("--in-decoder-span and --anchor do not combine")
         sae = load_sae(args.sae) if args.sae else _embedded_sae_of(em.record.get("model", ""))
         v, info = solve_in_decoder_span(em, sae.W_dec, target, args.in_decoder_span)
         print(f"decoder span: latents {info['span_ids']} weights "
@@ -194,6 +201,19 @@ def _cmd_solve(args: argparse.Namespace) -> int:
     print(json.dumps({"method": args.method, "predicted": info["predicted"]}, indent=2))
     print(f"steering vector -> {stem}.safetensors (+ .json)")
     return 0
+
+
+def _anchor_of(path: str, record: dict[str, Any]) -> torch.Tensor:
+    """A saved steering vector's direction, refused unless it was made for the effect model's
+    model and steering hook."""
+    sv = SteeringVector.load(path)
+    want = (record.get("model", ""), record.get("steer_hook", ""))
+    if (sv.model_name, sv.hook_name) != want:
+        raise ConfigError(
+            f"--anchor {path} is a vector for {sv.model_name!r} at {sv.hook_name!r}; the effect "
+            f"model was measured on {want[0]!r} at {want[1]!r}"
+        )
+    return sv.vector
 
 
 def _embedded_key(model_name: str, instead: str) -> str:
@@ -313,6 +333,17 @@ def add_cli_commands(sub: Any) -> None:
         "whole model from the linear part's solution, its prior measured on the embedded model "
         "the effect model was fitted on",
     )  # fmt: skip
+    p.add_argument(
+        "--anchor", default=None, metavar="VECTOR",
+        help="targeted only: a saved steering vector (e.g. a CAA vector) to stay near; the effect "
+        "model corrects it instead of replacing it (solve(..., anchor=))",
+    )  # fmt: skip
+    p.add_argument(
+        "--anchor-weight",
+        type=float,
+        default=1.0,
+        help="the anchor term's weight relative to the target term (default 1: equal)",
+    )
     p.add_argument(
         "--sae", default=None,
         help="with --in-decoder-span or --first-token: a sae-lens SAE directory (default: the "

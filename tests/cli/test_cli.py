@@ -212,7 +212,7 @@ def test_core_pipeline_end_to_end_on_the_real_model(tmp_path, capsys):
     assert (
         main([*vf, "--out", str(tmp_path / "vf"), "--first-token", "--in-decoder-span", "0"]) == 1
     )
-    assert "do not combine" in capsys.readouterr().err
+    assert "combines with neither --in-decoder-span nor --anchor" in capsys.readouterr().err
     solve_d = ["--features", "1:1.0,2:0.5", "--out", str(tmp_path / "vd")]
     assert main(["solve", "--effect-model", str(tmp_path / "emd"), *solve_d]) == 0
     # within the target latents' decoder rows (the embedded model's SAE, read from the record)
@@ -259,6 +259,20 @@ def test_core_pipeline_end_to_end_on_the_real_model(tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert '"target_share"' in out and '"predicted_cosine"' in out
+    # an anchor: a saved vector for the effect model's model and hook (here the solved one)
+    anchored = ["solve", "--effect-model", str(tmp_path / "em"), "--features", "1:1.0,2:0.5"]
+    assert main([*anchored, "--out", str(tmp_path / "va"), "--anchor", str(tmp_path / "v")]) == 0
+    assert float(capsys.readouterr().out.split("cosine to the anchor ")[1].split()[0]) > 0.9
+    from sae_ts.steering import SteeringVector
+
+    sv = SteeringVector.load(tmp_path / "v")
+    SteeringVector(sv.vector, hook_name=sv.hook_name, model_name="other", method="caa").save(
+        tmp_path / "other"
+    )
+    assert (
+        main([*anchored, "--out", str(tmp_path / "vo"), "--anchor", str(tmp_path / "other")]) == 1
+    )
+    assert "is a vector for 'other'" in capsys.readouterr().err
     # out-of-range features are a clear one-line error, not a traceback
     assert (
         main(
@@ -298,11 +312,11 @@ def test_compare_on_a_new_task_directory_end_to_end(tmp_path, capsys, monkeypatc
     assert r["fgaa"]["score"] == r["sae_ts"]["score"]
     build = set(r["roles"]["build"]["pos"] + r["roles"]["build"]["neg"])
     assert not build & set(r["roles"]["judge"]["pos"] + r["roles"]["judge"]["neg"])
-    for m in ("unsteered", "caa", "sae", "sae_ts", "targeted", "targeted_span"):
+    for m in ("unsteered", "caa", "sae", "sae_ts", "targeted", "targeted_span", "targeted_caa"):
         e = r[m]
         assert 0 <= e["score"] <= 1 and e["ci"][0] <= e["score"] <= e["ci"][1]
         assert m == "unsteered" or "vs_unsteered" in e
-    for m in ("caa", "sae", "sae_ts", "targeted", "targeted_span"):
+    for m in ("caa", "sae", "sae_ts", "targeted", "targeted_span", "targeted_caa"):
         assert 0 <= r[m]["effect"]["target_share"] <= 1 and r[m]["effect"]["norm_fraction"] > 0
     assert {"lm_criterion", "criterion_embedding"} <= set(r["validation"])
     assert doc["validation"]["lm_criterion"]["pooled"]["n"] == 4
@@ -315,6 +329,7 @@ def test_compare_on_a_new_task_directory_end_to_end(tmp_path, capsys, monkeypatc
         "sae_ts",
         "targeted",
         "targeted_span",
+        "targeted_caa",
         "fgaa",
         "prompt",
     }

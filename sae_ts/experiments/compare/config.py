@@ -14,17 +14,21 @@ from ...selection import SELECTORS
 
 __all__ = ["DEFAULT_METHODS", "FULL_NORMS", "METHODS", "SOLVED", "STEERED", "CompareConfig"]
 
-METHODS = ("caa", "sae", "sae_ts", "targeted", "targeted_span", "targeted_ft", "fgaa", "prompt")
+METHODS = (
+    "caa", "sae", "sae_ts", "targeted", "targeted_span", "targeted_ft", "targeted_caa", "fgaa",
+    "prompt",
+)  # fmt: skip
 """Every row the comparison can run: CAA; the SAE latent(s) (``sae``); the paper's rule
 (``sae_ts``) and sae-ts's solver (``targeted``) on the chosen targets; the solver within the
 target latents' own decoder rows (``targeted_span``,
-:func:`~sae_ts.solver.solve_in_decoder_span`); FGAA (the paper's rule on FGAA's own target); and
+:func:`~sae_ts.solver.solve_in_decoder_span`); the solver anchored to the CAA vector
+(``targeted_caa``: the effect model correcting CAA, ``solve(..., anchor=caa)``); FGAA (the paper's rule on FGAA's own target); and
 the prompting baseline (the concept stated as an instruction)."""
 STEERED = tuple(m for m in METHODS if m != "prompt")
 DEFAULT_METHODS = tuple(m for m in METHODS if m != "targeted_ft")
 """What a comparison runs unless told: every row but ``targeted_ft``, which needs a first-token
 effect model (``ridge_first_token``, SmolLM2's shipped one) and is asked for by name."""
-SOLVED = ("sae_ts", "targeted", "targeted_span", "targeted_ft", "fgaa")
+SOLVED = ("sae_ts", "targeted", "targeted_span", "targeted_ft", "targeted_caa", "fgaa")
 """The steered methods whose vector comes from the effect model."""
 FULL_NORMS = tuple(round(0.08 * i, 2) for i in range(11))  # 0, 0.08, ..., 0.8
 

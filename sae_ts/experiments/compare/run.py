@@ -137,8 +137,9 @@ def build_vectors(
     CAA is the mean difference of activations; ``sae`` the weighted decoder rows of ``target``'s
     raised latents; ``sae_ts`` (the paper's rule) and ``targeted`` solve for ``target`` with the
     effect model, ``targeted_span`` within ``target``'s own decoder rows, ``targeted_ft`` ascending
-    the whole first-token model from ``targeted``'s solution; ``fgaa`` is the paper's
-    rule on FGAA's own target (``fgaa_target``).
+    the whole first-token model from ``targeted``'s solution, ``targeted_caa`` anchored to the
+    CAA vector (the effect model correcting CAA); ``fgaa`` is the paper's rule on FGAA's own
+    target (``fgaa_target``).
     """
     if methods is None:
         methods = [m for m in DEFAULT_METHODS if m != "prompt"]
@@ -148,9 +149,16 @@ def build_vectors(
     if unknown:
         raise ConfigError(f"unknown steered methods {sorted(unknown)}; choose from {STEERED}")
     out: dict[str, torch.Tensor] = {}
+    caa: list[torch.Tensor] = []  # built once, for the "caa" row and "targeted_caa"'s anchor
+
+    def the_caa() -> torch.Tensor:
+        if not caa:
+            caa.append(caa_vector(model, build.pos, build.neg, hook_name, positions="all"))
+        return caa[0]
+
     for m in methods:
         if m == "caa":
-            out[m] = caa_vector(model, build.pos, build.neg, hook_name, positions="all")
+            out[m] = the_caa()
         elif m == "sae":
             out[m] = sae_latent_vector(sae, target.raise_)
         else:
@@ -162,6 +170,8 @@ def build_vectors(
                 out[m] = solve(effect_model, fgaa_target, "sae_ts")
             elif m == "targeted_span":
                 out[m] = solve_in_decoder_span(effect_model, sae.W_dec, target)[0]
+            elif m == "targeted_caa":
+                out[m] = solve(effect_model, target, "targeted", anchor=the_caa())
             elif m == "targeted_ft":
                 if not isinstance(effect_model, FirstTokenEffectModel):
                     raise ConfigError(

@@ -227,7 +227,7 @@ def test_compare_task_end_to_end_on_a_tiny_model(tiny, tmp_path, embedder, space
     assert rec["features_source"] == "override" and "contexts" in rec["features"][0]
     un = rec["unsteered"]
     assert un["norm_fraction"] == 0.0 and un["ci"][0] <= un["score"] <= un["ci"][1]
-    for m in ("caa", "sae", "sae_ts", "targeted", "targeted_span", "fgaa"):
+    for m in ("caa", "sae", "sae_ts", "targeted", "targeted_span", "targeted_caa", "fgaa"):
         r = rec[m]
         assert 0 <= r["score"] <= 1 and r["ci"][0] <= r["score"] <= r["ci"][1]
         assert r["norm_fraction"] in r["curve"]["norm_fraction"]
@@ -251,7 +251,7 @@ def test_compare_task_end_to_end_on_a_tiny_model(tiny, tmp_path, embedder, space
     assert all(ex.startswith("I think") and "Always talk" not in ex for ex in p["examples"])
     # FGAA aims at its own weighted target; the others at the override
     assert rec["fgaa_target"]["raise"] and rec["selection"]["method"] == "override"
-    assert rec["tokens_generated"] == (1 + 6 * 2 + 1 + 1) * 6 * 6
+    assert rec["tokens_generated"] == (1 + 7 * 2 + 1 + 1) * 6 * 6
     assert (tmp_path / "out" / "saets_space_sweep.png").exists()
 
 
@@ -264,3 +264,26 @@ def test_task_key_changes_with_everything_that_decides_the_record():
     assert comparison._task_key({"seed": 1}, task, None) != base  # protocol
     assert comparison._task_key({"seed": 0}, task, {3: 1.0}) != base  # manual target
     assert comparison._checkpoint_path(Path("out"), base) == Path(f"out/tasks/{base[:16]}.json")
+
+
+def test_targeted_caa_row_is_targeted_anchored_on_the_caa_vector(tiny, space_task):
+    """``targeted_caa``: the solver with the build half's CAA vector as its anchor; the CAA
+    vector is built once and is also the ``caa`` row; the row is a default one."""
+    from sae_ts.baselines import caa_vector
+    from sae_ts.experiments.compare.run import DEFAULT_METHODS, METHODS, build_vectors
+    from sae_ts.solver import Target, solve_with_info
+
+    sae = tiny_sae(tiny.cfg.d_model, HOOK, d_sae=32)
+    g = torch.Generator().manual_seed(1)
+    em = LinearEffectModel(torch.randn(tiny.cfg.d_model, 32, generator=g), torch.zeros(32))
+    build = split_roles(load_task(space_task), 0).build
+    tgt = Target.of({3: 1.0, 5: 0.5})
+    got = build_vectors(tiny, sae, build, HOOK, em, tgt, ["caa", "targeted", "targeted_caa"])
+    caa = caa_vector(tiny, build.pos, build.neg, HOOK, positions="all")
+    assert torch.equal(got["caa"], caa)
+    v, info = solve_with_info(em, tgt, "targeted", anchor=caa)
+    assert torch.equal(got["targeted_caa"], v)
+    c = caa / caa.norm()
+    # the anchor pulls the solution towards CAA
+    assert info["anchor_cosine"] > float(got["targeted"] @ c)
+    assert "targeted_caa" in METHODS and "targeted_caa" in DEFAULT_METHODS
