@@ -149,16 +149,16 @@ def build_vectors(
     if unknown:
         raise ConfigError(f"unknown steered methods {sorted(unknown)}; choose from {STEERED}")
     out: dict[str, torch.Tensor] = {}
-    caa: list[torch.Tensor] = []  # built once, for the "caa" row and "targeted_caa"'s anchor
-
-    def the_caa() -> torch.Tensor:
-        if not caa:
-            caa.append(caa_vector(model, build.pos, build.neg, hook_name, positions="all"))
-        return caa[0]
-
+    # built once, for the "caa" row and "targeted_caa"'s anchor
+    caa = (
+        caa_vector(model, build.pos, build.neg, hook_name, positions="all")
+        if {"caa", "targeted_caa"} & set(methods)
+        else None
+    )
     for m in methods:
         if m == "caa":
-            out[m] = the_caa()
+            assert caa is not None
+            out[m] = caa
         elif m == "sae":
             out[m] = sae_latent_vector(sae, target.raise_)
         else:
@@ -171,7 +171,8 @@ def build_vectors(
             elif m == "targeted_span":
                 out[m] = solve_in_decoder_span(effect_model, sae.W_dec, target)[0]
             elif m == "targeted_caa":
-                out[m] = solve(effect_model, target, "targeted", anchor=the_caa())
+                assert caa is not None
+                out[m] = solve(effect_model, target, "targeted", anchor=caa)
             elif m == "targeted_ft":
                 if not isinstance(effect_model, FirstTokenEffectModel):
                     raise ConfigError(
