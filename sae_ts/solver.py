@@ -422,9 +422,10 @@ def _solve_targeted(
     scale = lin_norm / max(float(np.trace(Q0)) / Q0.shape[0], 1e-30)
     if anchor is not None:  # + anchor_weight |lin| (â · v): reward for staying near the anchor
         a_ = anchor.double().numpy()
+        a_norm = float(np.linalg.norm(a_))
         if basis is not None:
             a_ = basis @ a_
-        if not np.linalg.norm(a_) > 0:
+        if not np.linalg.norm(a_) > 1e-6 * a_norm:  # numerically orthogonal to the span
             raise ConfigError("the anchor has no component in the solver's space (within=)")
         lin = lin + anchor_weight * lin_norm * a_ / np.linalg.norm(a_)
     grid = [mu] if mu is not None else [0.0, *list(np.logspace(-3, 3, 25))]

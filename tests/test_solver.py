@@ -286,3 +286,28 @@ def test_anchor_trades_the_anchor_against_the_target():
         solve(model, tgt, anchor=anchor, anchor_weight=-1.0)
     with pytest.raises(ConfigError, match="anchor is a term of 'targeted'"):
         solve(model, tgt, "sae_ts", anchor=anchor)
+
+
+def test_anchor_combines_with_within():
+    """``anchor=`` with ``within=``: the solution stays in the span, a large κ returns the
+    anchor's projection onto the span, and an anchor orthogonal to the span is refused."""
+    from sae_ts.errors import ConfigError
+
+    g = torch.Generator().manual_seed(8)
+    W, b = torch.randn(12, 40, generator=g), torch.randn(40, generator=g).abs()
+    model = LinearEffectModel(W, b)
+    tgt = Target.of({0: 1.0, 1: 0.5})
+    rows = torch.randn(3, 12, generator=g)
+    Q, _ = torch.linalg.qr(rows.double().T)  # [12, 3] orthonormal basis of the span
+    anchor = torch.randn(12, generator=g)
+    for k in (0.0, 1.0, 1e4):
+        v, info = solve_with_info(
+            model, tgt, "targeted", mu=1.0, within=rows, anchor=anchor, anchor_weight=k
+        )
+        assert info["within_rank"] == 3 and abs(float(v.norm()) - 1) < 1e-5
+        assert float((v.double() - Q @ (Q.T @ v.double())).norm()) < 1e-6  # in the span
+    projected = Q @ (Q.T @ anchor.double())
+    assert float(v.double() @ projected / projected.norm()) > 0.999  # κ = 1e4: the projection
+    outside = anchor.double() - projected
+    with pytest.raises(ConfigError, match="no component in the solver's space"):
+        solve(model, tgt, "targeted", within=rows, anchor=outside.float())
