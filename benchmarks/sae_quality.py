@@ -70,9 +70,11 @@ def main() -> int:
             progress=True,
         )
         out[name] = res.as_dict()
+        ci = res.ce_recovered_ci or (float("nan"), float("nan"))
         print(
             f"{name:>8}: tokens={res.n_tokens} EV={res.explained_variance:.3f} "
-            f"CE_recovered={res.ce_recovered:.3f} (clean {res.ce_clean:.3f}, SAE "
+            f"CE_recovered={res.ce_recovered:.3f} [95% CI {ci[0]:.3f}, {ci[1]:.3f}] "
+            f"(clean {res.ce_clean:.3f}, SAE "
             f"{res.ce_sae:.3f}, mean-ablated {res.ce_mean_ablated:.3f}) L0={res.l0:.1f} "
             f"dead={res.dead_fraction:.3f} ({res.n_dead}/{res.d_sae})  [{time.time() - t0:.0f}s]"
         )

@@ -283,6 +283,7 @@ class SAEEvalResult:
     ce_sae: float | None = None
     ce_mean_ablated: float | None = None
     ce_recovered: float | None = None
+    ce_recovered_ci: tuple[float, float] | None = None
     mean_activation: list[float] = field(default_factory=list, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
@@ -362,7 +363,8 @@ def evaluate_sae(
     Σ‖x - x̄‖²`` over all non-sink tokens. CE-loss recovered is ``(CE_ablate - CE_sae) / (CE_ablate
     - CE_clean)`` where ablation replaces non-sink activations by their mean over the evaluated
     tokens. A latent is dead if it never fires on the evaluated tokens. CE is computed on the
-    first ``ce_max_tokens`` tokens (all if None).
+    first ``ce_max_tokens`` tokens (all if None); ``ce_recovered_ci`` is its 95% bootstrap
+    interval over windows (2,000 resamples, seed 0).
     """
     from tqdm.auto import tqdm
 
@@ -409,8 +411,7 @@ def evaluate_sae(
         return torch.where(mask.unsqueeze(-1), acts, mean_act.to(acts.dtype).expand_as(acts))
 
     ce_n = n_win if ce_max_tokens is None else max(1, min(n_win, ce_max_tokens // windows.shape[1]))
-    totals = {"clean": 0.0, "sae": 0.0, "ablated": 0.0}
-    count = 0
+    per_window: dict[str, list[torch.Tensor]] = {"clean": [], "sae": [], "ablated": []}
     with torch.inference_mode():
         for b in tqdm(range(0, ce_n, batch_size), desc="SAE eval: CE loss", disable=not progress):
             toks = windows[b : min(b + batch_size, ce_n)].to(device)
@@ -420,10 +421,34 @@ def evaluate_sae(
                 ("ablated", [(hook, ablate)]),
             ):
                 logits = run_with_hooks(model, toks, fwd_hooks=hooks, return_type="logits")
-                totals[name] += float(_ce_per_token(logits, toks).sum())
-            count += toks.shape[0] * (toks.shape[1] - 1)
-    ce = {k: v / count for k, v in totals.items()}
+                per_window[name].append(_ce_per_token(logits, toks).double().sum(1).cpu())
+    sums = {k: torch.cat(v) for k, v in per_window.items()}  # [windows] summed CE per window
+    count = sums["clean"].numel() * (windows.shape[1] - 1)
+    ce = {k: float(v.sum()) / count for k, v in sums.items()}
     result.ce_clean, result.ce_sae, result.ce_mean_ablated = ce["clean"], ce["sae"], ce["ablated"]
-    denom = ce["ablated"] - ce["clean"]
-    result.ce_recovered = (ce["ablated"] - ce["sae"]) / denom if denom > 0 else float("nan")
+    result.ce_recovered = _recovered(sums["clean"], sums["sae"], sums["ablated"])
+    result.ce_recovered_ci = _recovered_ci(sums["clean"], sums["sae"], sums["ablated"])
     return result
+
+
+def _recovered_ci(
+    clean: torch.Tensor, sae: torch.Tensor, ablated: torch.Tensor, n_boot: int = 2000, seed: int = 0
+) -> tuple[float, float] | None:
+    """95% percentile bootstrap interval of CE-loss recovered, resampling windows (the sampling
+    unit: tokens within a window are not independent); None where a resample is undefined."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, clean.numel(), (n_boot, clean.numel()), generator=g)
+    boot = _recovered(clean[idx], sae[idx], ablated[idx])
+    if not bool(torch.isfinite(boot).all()):
+        return None
+    lo, hi = torch.quantile(boot, torch.tensor([0.025, 0.975], dtype=boot.dtype)).tolist()
+    return (lo, hi)
+
+
+def _recovered(clean: torch.Tensor, sae: torch.Tensor, ablated: torch.Tensor) -> Any:
+    """``(CE_ablate - CE_sae) / (CE_ablate - CE_clean)`` from summed CE over windows (last dim);
+    NaN where ablation does not hurt."""
+    c, s, a = clean.sum(-1), sae.sum(-1), ablated.sum(-1)
+    denom = a - c
+    r = torch.where(denom > 0, (a - s) / denom.clamp_min(1e-30), torch.full_like(denom, torch.nan))
+    return float(r) if r.ndim == 0 else r

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -139,6 +140,25 @@ def test_evaluate_random_sae_is_poor(tiny) -> None:
     assert 0.0 <= res.dead_fraction < 1.0
 
 
+def test_ce_recovered_and_its_bootstrap_interval() -> None:
+    """CE-loss recovered pools the windows' summed CE; its interval resamples whole windows."""
+    from sae_ts.sae import _recovered, _recovered_ci
+
+    g = torch.Generator().manual_seed(0)
+    clean = 100 + 10 * torch.rand(40, generator=g, dtype=torch.float64)
+    ablated = clean + 200 + 20 * torch.rand(40, generator=g, dtype=torch.float64)
+    sae = clean + 20 * torch.rand(40, generator=g, dtype=torch.float64)  # ~5% of the gap lost
+    r = _recovered(clean, sae, ablated)
+    assert r == pytest.approx(float((ablated - sae).sum() / (ablated - clean).sum()))
+    lo, hi = _recovered_ci(clean, sae, ablated)
+    assert lo < r < hi and hi - lo < 0.05
+    assert _recovered_ci(clean, sae, ablated) == (lo, hi)  # seeded
+    lo4, hi4 = _recovered_ci(clean.repeat(4), sae.repeat(4), ablated.repeat(4))
+    assert hi4 - lo4 < (hi - lo) * 0.7  # four times the windows: about half as wide
+    assert math.isnan(_recovered(clean, sae, clean))  # ablation does not hurt: undefined
+    assert _recovered_ci(clean, sae, clean) is None
+
+
 def test_evaluate_rejects_incompatible_pairs(tiny) -> None:
     with pytest.raises(ValueError, match="d_in=32"):
         evaluate_sae(tiny, tiny_topk(d_in=32), [TEXT])
@@ -230,6 +250,8 @@ def test_shipped_sae_quality_on_unseen_text(real_model) -> None:
     res = evaluate_sae(real_model, sae, [text, text.upper(), text], context_size=64, max_tokens=384)
     assert res.explained_variance > 0.6
     assert res.ce_recovered is not None and res.ce_recovered > 0.85
+    assert res.ce_recovered_ci is not None
+    assert res.ce_recovered_ci[0] <= res.ce_recovered <= res.ce_recovered_ci[1]
     assert 20 <= res.l0 <= 64
 
 

@@ -30,6 +30,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         )  # fmt: skip
         rows.append({"texts": split, **res.as_dict()})
         ce = f"{res.ce_recovered:.3f}" if res.ce_recovered is not None else "-"
+        if res.ce_recovered_ci is not None:
+            ce += " [{:.3f}, {:.3f}]".format(*res.ce_recovered_ci)
         print(
             f"{split:>10}: tokens={res.n_tokens} EV={res.explained_variance:.3f} "
             f"CE_recovered={ce} L0={res.l0:.1f} dead={res.dead_fraction:.3f} "

@@ -432,6 +432,7 @@ def evaluate_trained(
             evals[split].update(
                 ce_tokens=res.n_tokens + res.n_sinks, ce_clean=res.ce_clean, ce_sae=res.ce_sae,
                 ce_mean_ablated=res.ce_mean_ablated, ce_recovered=res.ce_recovered,
+                ce_recovered_ci=res.ce_recovered_ci,
             )  # fmt: skip
     return evals
 
