@@ -30,7 +30,7 @@ import torch
 
 from sae_ts.loading import load_default
 from sae_ts.models import EMBEDDED_MODELS, document_start_id
-from sae_ts.sae import evaluate_sae, make_windows, sink_positions
+from sae_ts.sae import evaluate_sae, make_windows, reconstruct_with_passthrough, sink_positions
 from sae_ts.training import build_corpus
 
 PARAMS = {"decoder": ("W_dec",), "encoder-decoder": ("W_enc", "b_enc", "W_dec")}
@@ -69,10 +69,14 @@ def _show(tag: str, r: dict) -> None:
     )
 
 
-def _spliced_logprobs(model: Any, sae: Any, x: torch.Tensor, layer: int) -> torch.Tensor:
-    recon = sae.encode(x) @ sae.W_dec + sae.b_dec
-    spliced = torch.where(sink_positions(sae, x)[..., None], x, recon)
-    return torch.log_softmax(model(spliced, start_at_layer=layer + 1).float(), -1)
+def _logprobs(model: Any, x: torch.Tensor, layer: int) -> torch.Tensor:
+    """Next-token log-probabilities with ``x`` as the residual after ``layer``."""
+    return torch.log_softmax(model(x, start_at_layer=layer + 1).float(), -1)
+
+
+def _kl(clean: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+    """Per-position KL(clean || logp) over the vocabulary."""
+    return (clean.exp() * (clean - logp)).sum(-1)
 
 
 def _diagnose(model: Any, sae: Any, windows: torch.Tensor, layer: int, n: int) -> None:
@@ -80,9 +84,8 @@ def _diagnose(model: Any, sae: Any, windows: torch.Tensor, layer: int, n: int) -
     with torch.no_grad():
         for i in range(0, n, 4):
             x = model(windows[i : i + 4], stop_at_layer=layer + 1)
-            clean = torch.log_softmax(model(x, start_at_layer=layer + 1).float(), -1)
-            logp = _spliced_logprobs(model, sae, x, layer)
-            kls.append((clean.exp() * (clean - logp)).sum(-1).flatten())
+            spliced = reconstruct_with_passthrough(sae, x)
+            kls.append(_kl(_logprobs(model, x, layer), _logprobs(model, spliced, layer)).flatten())
             norms.append(x.norm(dim=-1).flatten())
             sinks.append(sink_positions(sae, x).flatten())
     kl, norm, sink = torch.cat(kls), torch.cat(norms), torch.cat(sinks)
@@ -150,13 +153,10 @@ def main() -> int:
         toks = train[step * args.batch : (step + 1) * args.batch]
         with torch.no_grad():
             x = model(toks, stop_at_layer=layer + 1)
-            clean = torch.log_softmax(model(x, start_at_layer=layer + 1).float(), -1)
-        sink = sink_positions(sae, x)
-        recon = sae.encode(x) @ sae.W_dec + sae.b_dec
-        spliced = torch.where(sink[..., None], x, recon)
-        logp = torch.log_softmax(model(spliced, start_at_layer=layer + 1).float(), -1)
-        kl = (clean.exp() * (clean - logp)).sum(-1).mean()
-        mse = (recon - x)[~sink].pow(2).sum(-1).mean() / var
+            clean = _logprobs(model, x, layer)
+        spliced = reconstruct_with_passthrough(sae, x)  # x itself at the sinks
+        kl = _kl(clean, _logprobs(model, spliced, layer)).mean()
+        mse = (spliced - x)[~sink_positions(sae, x)].pow(2).sum(-1).mean() / var
         loss = kl + args.alpha * mse
         opt.zero_grad()
         loss.backward()

@@ -426,7 +426,7 @@ def evaluate_sae(
     count = sums["clean"].numel() * (windows.shape[1] - 1)
     ce = {k: float(v.sum()) / count for k, v in sums.items()}
     result.ce_clean, result.ce_sae, result.ce_mean_ablated = ce["clean"], ce["sae"], ce["ablated"]
-    result.ce_recovered = _recovered(sums["clean"], sums["sae"], sums["ablated"])
+    result.ce_recovered = float(_recovered(sums["clean"], sums["sae"], sums["ablated"]))
     result.ce_recovered_ci = _recovered_ci(sums["clean"], sums["sae"], sums["ablated"])
     return result
 
@@ -445,10 +445,11 @@ def _recovered_ci(
     return (lo, hi)
 
 
-def _recovered(clean: torch.Tensor, sae: torch.Tensor, ablated: torch.Tensor) -> Any:
+def _recovered(clean: torch.Tensor, sae: torch.Tensor, ablated: torch.Tensor) -> torch.Tensor:
     """``(CE_ablate - CE_sae) / (CE_ablate - CE_clean)`` from summed CE over windows (last dim);
     NaN where ablation does not hurt."""
     c, s, a = clean.sum(-1), sae.sum(-1), ablated.sum(-1)
     denom = a - c
-    r = torch.where(denom > 0, (a - s) / denom.clamp_min(1e-30), torch.full_like(denom, torch.nan))
-    return float(r) if r.ndim == 0 else r
+    return torch.where(
+        denom > 0, (a - s) / denom.clamp_min(1e-30), torch.full_like(denom, torch.nan)
+    )

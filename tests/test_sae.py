@@ -148,14 +148,14 @@ def test_ce_recovered_and_its_bootstrap_interval() -> None:
     clean = 100 + 10 * torch.rand(40, generator=g, dtype=torch.float64)
     ablated = clean + 200 + 20 * torch.rand(40, generator=g, dtype=torch.float64)
     sae = clean + 20 * torch.rand(40, generator=g, dtype=torch.float64)  # ~5% of the gap lost
-    r = _recovered(clean, sae, ablated)
+    r = float(_recovered(clean, sae, ablated))
     assert r == pytest.approx(float((ablated - sae).sum() / (ablated - clean).sum()))
     lo, hi = _recovered_ci(clean, sae, ablated)
     assert lo < r < hi and hi - lo < 0.05
     assert _recovered_ci(clean, sae, ablated) == (lo, hi)  # seeded
     lo4, hi4 = _recovered_ci(clean.repeat(4), sae.repeat(4), ablated.repeat(4))
     assert hi4 - lo4 < (hi - lo) * 0.7  # four times the windows: about half as wide
-    assert math.isnan(_recovered(clean, sae, clean))  # ablation does not hurt: undefined
+    assert math.isnan(float(_recovered(clean, sae, clean)))  # ablation does not hurt: undefined
     assert _recovered_ci(clean, sae, clean) is None
 
 
